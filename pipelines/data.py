@@ -1,0 +1,136 @@
+"""Stage `data`: load, normalise, validate, de-duplicate, mix and split the training data.
+
+    lathe data --recipe params.yaml
+
+Writes `artifacts/data/`: sft_{train,val}.jsonl (chat messages), pref_{train,val}.jsonl
+(prompt/chosen/rejected), skills_eval.jsonl (held-out skills, never trained on), rejects.jsonl and
+manifest.json.
+
+Bad rows: with `data.on_bad_row: error` (the default) the stage stops at the first bad row and names
+file, line and reason. With `skip`, every bad row is written to rejects.jsonl with its file, line and
+reason and counted in the manifest — nothing is dropped without a record.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+from pipelines import skills
+from pipelines.formats import RowError, normalize_preference, normalize_sft, read_rows
+from pipelines.manifest import sha256_file, stage_dir, write_manifest
+from recipes.errors import LatheError
+from recipes.schema import DatasetSpec, Recipe
+
+Normalizer = Callable[[Any, str], dict]
+
+
+class Rejects:
+    """Collects bad rows (policy `skip`) or stops at the first one (policy `error`)."""
+
+    def __init__(self, policy: str):
+        self.policy = policy
+        self.rows: list[dict] = []
+
+    def add(self, path: Path, where: str, reason: str, row: Any) -> None:
+        if self.policy == "error":
+            raise LatheError(f"{path}, {where}: {reason}\n(set data.on_bad_row=skip to record bad rows in "
+                             f"artifacts/data/rejects.jsonl and go on)")
+        self.rows.append({"file": str(path), "where": where, "reason": reason, "row": row if not isinstance(row, RowError) else None})
+
+
+def load_spec(spec: DatasetSpec, normalize: Normalizer, rejects: Rejects, rng: random.Random) -> tuple[list[dict], dict]:
+    path = Path(spec.path)
+    if not path.exists():
+        raise LatheError(f"data: dataset file {path} not found (from data.*.path; relative paths resolve against the project root)")
+    good: list[dict] = []
+    total = 0
+    for where, row in read_rows(path):
+        total += 1
+        if isinstance(row, RowError):
+            rejects.add(path, where, str(row), row)
+            continue
+        try:
+            good.append(normalize(row, spec.format))
+        except RowError as exc:
+            rejects.add(path, where, str(exc), row)
+    if spec.max_rows is not None:
+        good = good[: spec.max_rows]
+    if spec.weight != 1.0 and good:
+        target = max(1, round(len(good) * spec.weight))
+        good = [good[i % len(good)] for i in range(target)] if spec.weight > 1 else rng.sample(good, target)
+    info = {"path": str(path), "sha256": sha256_file(path), "rows_read": total, "rows_kept": len(good),
+            "format": spec.format, "weight": spec.weight}
+    return good, info
+
+
+def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        key = json.dumps({k: v for k, v in row.items() if k != "skill"}, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out, len(rows) - len(out)
+
+
+def split(rows: list[dict], fraction: float, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    rows = rows[:]
+    rng.shuffle(rows)
+    n_val = int(len(rows) * fraction)
+    if fraction > 0 and len(rows) >= 2:
+        n_val = max(1, n_val)
+    return rows[n_val:], rows[:n_val]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> dict:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"path": str(path), "rows": len(rows), "sha256": sha256_file(path)}
+
+
+def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
+    cfg = recipe.data
+    out = stage_dir("data", root)
+    rng = random.Random(cfg.seed)
+    rejects = Rejects(cfg.on_bad_row)
+    sets: dict[str, list[dict]] = {"sft": [], "preference": []}
+    sources: list[dict] = []
+    eval_rows: list[dict] = []
+    if cfg.skills.enabled:
+        s = cfg.skills
+        generated = skills.generate(s.n_train, s.n_eval, s.n_preference, s.seed)
+        sets["sft"] += generated["sft"]
+        sets["preference"] += generated["preference"]
+        eval_rows = generated["eval"]
+        sources.append({"generated": "skills", "seed": s.seed, "n_train": s.n_train, "n_eval": s.n_eval,
+                        "n_preference": s.n_preference})
+    for kind, specs, normalize in (("sft", cfg.sft, normalize_sft), ("preference", cfg.preference, normalize_preference)):
+        for spec in specs:
+            rows, info = load_spec(spec, normalize, rejects, rng)
+            sets[kind] += rows
+            sources.append({"kind": kind, **info})
+    outputs: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"rejected_rows": len(rejects.rows)}
+    for kind, prefix in (("sft", "sft"), ("preference", "pref")):
+        rows, dropped = dedupe(sets[kind]) if cfg.dedupe else (sets[kind], 0)
+        train, val = split(rows, cfg.validation_fraction, rng)
+        outputs[f"{prefix}_train"] = write_jsonl(out / f"{prefix}_train.jsonl", train)
+        outputs[f"{prefix}_val"] = write_jsonl(out / f"{prefix}_val.jsonl", val)
+        metrics[f"{prefix}_duplicates_dropped"] = dropped
+    outputs["skills_eval"] = write_jsonl(out / "skills_eval.jsonl", eval_rows)
+    outputs["rejects"] = write_jsonl(out / "rejects.jsonl", rejects.rows)
+    write_manifest(out, stage="data", inputs={"sources": sources}, settings=cfg.model_dump(), outputs=outputs,
+                   metrics=metrics)
+    return outputs
+
+
+def main(recipe: Recipe, args) -> int:
+    outputs = run_data(recipe)
+    counts = ", ".join(f"{k} {v['rows']}" for k, v in outputs.items())
+    print(f"data: {counts} (artifacts/data)")
+    return 0

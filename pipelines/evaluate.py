@@ -1,0 +1,81 @@
+"""Stage `evaluate`: judge the base, SFT and tuned (preference) models on the recipe's suites with
+lm-eval, and write the report.
+
+    lathe evaluate --recipe params.yaml
+
+Output: artifacts/evaluate/{<label>/results.json, report.md, report.html, metrics.json, manifest.json}.
+`metrics.json` (DVC metrics) holds the tuned model's flat metrics and its deltas against the base.
+Results are cached by model hash + settings under .lathe/eval-cache, so an unchanged model is never
+evaluated twice (e.g. when only the preference stage changed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.manifest import read_manifest, stage_dir, write_manifest
+from recipes.schema import Recipe
+
+CACHE = Path(".lathe/eval-cache")
+
+
+def models_to_judge(root: Path) -> dict[str, Path]:
+    """label → model dir, in report column order (first = baseline). Skipped stages are left out."""
+    models = {"base": Path(read_manifest("base", root)["outputs"]["model_dir"])}
+    for label, stage in (("sft", "sft"), ("tuned", "preference")):
+        outputs = read_manifest(stage, root)["outputs"]
+        if not outputs.get("skipped"):
+            models[label] = Path(outputs["model_dir"])
+    if "tuned" not in models and "sft" in models:
+        models["tuned"] = models.pop("sft")
+    return models
+
+
+def training_curves(root: Path) -> str:
+    """A Markdown section with each training stage's logged loss (the report's training curves)."""
+    lines = ["## Training", "", "| stage | step | loss |", "|---|---|---|"]
+    for stage in ("sft", "preference"):
+        path = root / stage / "log_history.json"
+        if path.exists():
+            for row in json.loads(path.read_text()):
+                lines.append(f"| {stage} | {row.get('step')} | {row.get('loss', float('nan')):.4f} |")
+    return "\n".join(lines)
+
+
+def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
+    from eval.harness import flat_metrics, run_suites
+    from eval.report import write_report
+
+    out = stage_dir("evaluate", root)
+    data = read_manifest("data", root)["outputs"]
+    skills_file = Path(data["skills_eval"]["path"]) if data["skills_eval"]["rows"] else None
+    cfg = recipe.eval
+    results = {}
+    for label, model_dir in models_to_judge(root).items():
+        results[label] = run_suites(model_dir, cfg.suites, mirror_dir=cfg.mirror_dir, skills_file=skills_file,
+                                    out_dir=out / label, batch_size=cfg.batch_size, seed=cfg.seed,
+                                    apply_chat_template=cfg.apply_chat_template, label=label, cache_dir=CACHE)
+    md, html = write_report(results, out, title=f"Lathe evaluation report — recipe '{recipe.name}'",
+                            extra_sections={"training": training_curves(root)})
+    tuned, base = flat_metrics(results["tuned"]), flat_metrics(results["base"])
+    metrics = {"tuned": tuned, "delta_vs_base": {k: v - base[k] for k, v in tuned.items() if k in base}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_manifest(out, stage="evaluate", inputs={label: r.get("model_dir") for label, r in results.items()},
+                   settings=cfg.model_dump(), outputs={"report_md": str(md), "report_html": str(html),
+                                                       "metrics": str(out / "metrics.json")}, metrics=metrics)
+    return {"report_md": md, "report_html": html, "metrics": metrics}
+
+
+def main(recipe: Recipe, args) -> int:
+    from registry import tracking
+
+    with tracking.stage_run("evaluate", params=recipe.eval.model_dump(mode="json")) as run:
+        done = run_evaluate(recipe)
+        tracking.log_metrics_flat(done["metrics"]["tuned"], prefix="eval.")
+        tracking.log_artifacts([done["report_md"], done["report_html"]], "report")
+    print(f"evaluate: report {done['report_html']} (and {done['report_md']})")
+    for key, value in sorted(done["metrics"]["tuned"].items()):
+        delta = done["metrics"]["delta_vs_base"].get(key)
+        print(f"  {key:32s} {value:.3f}" + (f"  ({delta:+.3f} vs base)" if delta is not None else ""))
+    return 0

@@ -1,0 +1,49 @@
+"""Stage `register`: register the tuned model in MLflow as a new version with alias `candidate`.
+
+    lathe register --recipe params.yaml
+
+The version carries its eval metrics (the gate reads them back), lineage tags (recipe, base model,
+data hashes, git commit) and a generated model card. Registering identical inputs again returns
+the existing version instead of a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.manifest import read_manifest, stage_dir
+from recipes.schema import Recipe
+
+
+def run_register(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
+    from registry import card, models, tracking
+
+    tuned = read_manifest("preference", root)["outputs"]
+    if tuned.get("skipped"):
+        tuned = read_manifest("sft", root)["outputs"]
+    evaluation = read_manifest("evaluate", root)
+    data = read_manifest("data", root)
+    base = read_manifest("base", root)
+    metrics = evaluation["metrics"]["tuned"]
+    tags = {"lathe.recipe": recipe.name, "lathe.base_model": recipe.model.id,
+            "lathe.base_revision": str(recipe.model.revision), "lathe.base_hash": base["outputs"]["model_hash"],
+            "lathe.data_hashes": json.dumps({k: v["sha256"] for k, v in data["outputs"].items()}, sort_keys=True),
+            **tracking.runtime_tags(Path.cwd())}
+    card_text = card.model_card(recipe.registry.model_name, recipe=recipe.model_dump(mode="json"), metrics=metrics,
+                                data_manifest=data)
+    info = models.register(recipe.registry.model_name, Path(tuned["model_dir"]), metrics=metrics, tags=tags,
+                           card_text=card_text)
+    out = stage_dir("register", root)
+    manifest = {"name": info.name, "version": str(info.version), "model_dir": tuned["model_dir"], "metrics": metrics}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(recipe: Recipe, args) -> int:
+    from registry import tracking
+
+    with tracking.stage_run("register"):
+        manifest = run_register(recipe)
+    print(f"register: {manifest['name']} version {manifest['version']} → alias candidate")
+    return 0

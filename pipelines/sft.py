@@ -1,0 +1,84 @@
+"""Stage `sft`: instruction tuning with TRL's SFTTrainer (+ PEFT LoRA).
+
+    lathe sft --recipe params.yaml
+
+Input: the base model (artifacts/base/manifest.json) and artifacts/data/sft_{train,val}.jsonl.
+Output: artifacts/sft/{adapter, model (merged 16-bit), log_history.json, manifest.json}.
+
+Loss masking: rows are given to TRL as prompt/completion pairs (prompt = every turn before the
+last assistant answer), so with `assistant_only_loss` the loss covers the answer only. The chat
+template closes the answer with its end-of-turn token (<|im_end|> for ChatML), which stays in the
+labels, so the tuned model learns to stop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines import training
+from pipelines.manifest import read_manifest, stage_dir, write_manifest
+from recipes.schema import Recipe
+
+
+def to_trl_rows(rows: list[dict], assistant_only: bool) -> list[dict]:
+    if not assistant_only:
+        return [{"messages": r["messages"]} for r in rows]
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+
+
+def load_split(path: Path, assistant_only: bool):
+    import json
+
+    from datasets import Dataset
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return Dataset.from_list(to_trl_rows(rows, assistant_only)) if rows else None
+
+
+def run_sft(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = recipe.sft
+    out = stage_dir("sft", root)
+    base_dir = Path(read_manifest("base", root)["outputs"]["model_dir"])
+    data = read_manifest("data", root)["outputs"]
+    if not cfg.enabled:
+        outputs = {"model_dir": str(base_dir), "base_model_dir": str(base_dir), "skipped": True}
+        write_manifest(out, stage="sft", inputs={"base": str(base_dir)}, settings=cfg.model_dump(), outputs=outputs)
+        return outputs
+    train = load_split(Path(data["sft_train"]["path"]), cfg.assistant_only_loss)
+    val = load_split(Path(data["sft_val"]["path"]), cfg.assistant_only_loss)
+    tokenizer = training.load_tokenizer(base_dir)
+    model = training.load_model(base_dir, cfg, recipe.model.trust_remote_code)
+    args = SFTConfig(**training.common_args(cfg, out / "checkpoints", val is not None),
+                     max_length=cfg.max_seq_length, packing=cfg.packing,
+                     completion_only_loss=cfg.assistant_only_loss, eos_token=tokenizer.eos_token)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                         processing_class=tokenizer, peft_config=training.lora_config(cfg))
+    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
+    metrics = training.train_metrics(trainer, result)
+    if val is not None:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    training.write_log_history(trainer, out / "log_history.json")
+    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)
+    write_manifest(out, stage="sft", inputs={"base": str(base_dir), "train": data["sft_train"], "val": data["sft_val"]},
+                   settings=cfg.model_dump(), outputs=outputs, metrics=metrics)
+    return outputs
+
+
+def _last_checkpoint(path: Path) -> str | None:
+    """Resume automatically after a crash when checkpoints exist."""
+    if not path.exists():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(path))
+
+
+def main(recipe: Recipe, args) -> int:
+    from registry import tracking
+
+    with tracking.stage_run("sft", params=recipe.model_dump(mode="json")):
+        outputs = run_sft(recipe)
+    print(f"sft: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}")
+    return 0

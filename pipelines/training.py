@@ -1,0 +1,145 @@
+"""Pieces shared by the training stages (sft, preference): model loading, LoRA config, trainer
+arguments that are right on CPU and GPU, and the adapter → merged 16-bit handoff."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from recipes.errors import LatheError
+from recipes.schema import TrainConfig
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_dir: Path, cfg: TrainConfig, trust_remote_code: bool = False):
+    """Training precision: bf16 on a GPU, float32 on CPU (CPU bf16 training is slow and lossy).
+    QLoRA loads the base in 4-bit NF4 and needs CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if cfg.method == "qlora":
+        if not has_cuda():
+            raise LatheError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit training); on CPU use method: lora")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16,
+                                                           bnb_4bit_use_double_quant=True)
+    kwargs["dtype"] = torch.bfloat16 if has_cuda() else torch.float32
+    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+
+
+def lora_config(cfg: TrainConfig):
+    """None for full fine-tuning; else a PEFT LoraConfig from the recipe."""
+    if cfg.method == "full":
+        return None
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM")
+
+
+def common_args(cfg: TrainConfig, output_dir: Path, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments fields shared by SFTConfig and DPOConfig. TRL defaults to bf16=True, which
+    fails on CPU ('Your setup doesn't support bf16/gpu'); use_cpu=True is required on CPU."""
+    cuda = has_cuda()
+    return dict(
+        output_dir=str(output_dir), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio, max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, bf16=cuda, use_cpu=not cuda,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
+        eval_strategy="no", report_to=["mlflow"] if _mlflow_active() else [],
+        include_num_input_tokens_seen=True, dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def _mlflow_active() -> bool:
+    import mlflow
+
+    return mlflow.active_run() is not None
+
+
+def save_handoff(trainer, cfg: TrainConfig, base_dir: Path, out_dir: Path, dtype: str) -> dict[str, str]:
+    """Write the adapter (or full weights) and, when asked, merged 16-bit weights.
+    Merging reloads the base in 16-bit, never a 4-bit one."""
+    tokenizer = trainer.processing_class
+    outputs: dict[str, str] = {"base_model_dir": str(base_dir)}
+    if cfg.method == "full":
+        model_dir = out_dir / "model"
+        trainer.save_model(str(model_dir))
+        tokenizer.save_pretrained(model_dir)
+        _set_eos(model_dir, tokenizer)
+        outputs["model_dir"] = str(model_dir)
+        return outputs
+    adapter_dir = out_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    (adapter_dir / "lathe_base.json").write_text(json.dumps({"base_model_dir": str(base_dir)}) + "\n")
+    outputs["adapter_dir"] = str(adapter_dir)
+    if cfg.merge:
+        outputs["model_dir"] = str(merge_adapter(base_dir, adapter_dir, out_dir / "model", dtype))
+    return outputs
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str) -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype), use_safetensors=True)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer = load_tokenizer(adapter_dir)
+    tokenizer.save_pretrained(out_dir)
+    _set_eos(out_dir, tokenizer)
+    return out_dir
+
+
+def _set_eos(model_dir: Path, tokenizer) -> None:
+    """Keep generation stopping at the turn end (<|im_end|> for ChatML) in the saved model."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_pretrained(model_dir) if (model_dir / "generation_config.json").exists() else GenerationConfig()
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.save_pretrained(model_dir)
+
+
+def train_metrics(trainer, result) -> dict[str, float]:
+    """Final loss, throughput and the last logged training values."""
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    tokens = float(trainer.state.num_input_tokens_seen or 0)
+    runtime = metrics.get("train_runtime") or 0.0
+    if tokens and runtime:
+        metrics["train_tokens_per_second"] = tokens / runtime
+    metrics["train_tokens"] = tokens
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    if history:
+        metrics["first_logged_loss"] = float(history[0]["loss"])
+        metrics["last_logged_loss"] = float(history[-1]["loss"])
+    return metrics
+
+
+def write_log_history(trainer, path: Path) -> None:
+    """Per-step training log as a DVC plots file (TSV-free JSON list)."""
+    rows = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history if "loss" in h]
+    path.write_text(json.dumps(rows, indent=1) + "\n")

