@@ -31,6 +31,8 @@ COMMANDS = {
     "demo": ("pipelines.demo", "main", "run the whole DVC chain and print where everything is"),
 }
 
+USES_MLFLOW = {"sft", "preference", "rl", "evaluate", "register", "promote", "rollback", "serve", "demo"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lathe", description="Fine-tune, evaluate, register, promote and serve LLMs.")
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recipe = load_args_recipe(args)
+        if args.command in USES_MLFLOW:
+            from registry import tracking
+
+            tracking.configure(recipe.registry.tracking_uri, Path.cwd())
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func(recipe, args) or 0)
     except LatheError as exc:

@@ -20,15 +20,18 @@ from recipes.schema import Recipe
 
 
 def main(recipe: Recipe, args) -> int:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    # One MLflow parent run groups the stages of this execution (see registry/tracking.py).
-    env.setdefault("LATHE_PIPELINE_ID", uuid.uuid4().hex[:12])
+    from registry import models, tracking
+
     bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    done = subprocess.run([os.path.join(bin_dir, "dvc"), "repro"], env=env)
-    if done.returncode != 0:
-        raise LatheError(f"`dvc repro` failed (exit {done.returncode}); the failing stage's message is above")
-    from registry import models
+    # One MLflow parent run groups the stages of this execution: pipeline_run exports its id (and the
+    # store) to the environment that `dvc repro` passes on to every stage (see registry/tracking.py).
+    with tracking.pipeline_run(recipe.registry.experiment, f"{recipe.name}-{uuid.uuid4().hex[:6]}",
+                               tags=tracking.runtime_tags(Path.cwd())):
+        env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+        done = subprocess.run([os.path.join(bin_dir, "dvc"), "repro"], env=env)
+        if done.returncode != 0:
+            raise LatheError(f"`dvc repro` failed (exit {done.returncode}); the failing stage's message is above")
+        tracking.log_artifacts([p for p in ("dvc.lock", "params.yaml") if Path(p).exists()], "pipeline")
 
     report = Path("artifacts/evaluate/report.html").resolve()
     decision = json.loads(Path("artifacts/promote/decision.json").read_text())

@@ -70,7 +70,7 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
 def main(recipe: Recipe, args) -> int:
     from registry import tracking
 
-    with tracking.stage_run("evaluate", params=recipe.eval.model_dump(mode="json")) as run:
+    with tracking.stage_run("evaluate", params=recipe.eval.model_dump(mode="json"), experiment=recipe.registry.experiment):
         done = run_evaluate(recipe)
         tracking.log_metrics_flat(done["metrics"]["tuned"], prefix="eval.")
         tracking.log_artifacts([done["report_md"], done["report_html"]], "report")

@@ -63,7 +63,7 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
 def main(recipe: Recipe, args) -> int:
     from registry import tracking
 
-    with tracking.stage_run("preference", params=recipe.model_dump(mode="json")):
+    with tracking.stage_run("preference", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
         outputs = run_preference(recipe)
     print(f"preference: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}")
     return 0

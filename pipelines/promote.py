@@ -38,7 +38,7 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
         raise LatheError("--force needs --reason \"...\" (it is recorded on the model version)")
     version = args.version or candidate_version(recipe, root)
     out = stage_dir("promote", root) / "decision.json"
-    with tracking.stage_run("promote"):
+    with tracking.stage_run("promote", experiment=recipe.registry.experiment):
         decision = promotion.promote(recipe.registry.model_name, version, recipe.gate, force=args.force,
                                      reason=args.reason, out_json=out)
     verdict = "PROMOTED to champion" if decision.promote else "NOT promoted (champion unchanged)"

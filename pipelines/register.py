@@ -43,7 +43,7 @@ def run_register(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
 def main(recipe: Recipe, args) -> int:
     from registry import tracking
 
-    with tracking.stage_run("register"):
+    with tracking.stage_run("register", experiment=recipe.registry.experiment):
         manifest = run_register(recipe)
     print(f"register: {manifest['name']} version {manifest['version']} → alias candidate")
     return 0

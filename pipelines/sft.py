@@ -78,7 +78,7 @@ def _last_checkpoint(path: Path) -> str | None:
 def main(recipe: Recipe, args) -> int:
     from registry import tracking
 
-    with tracking.stage_run("sft", params=recipe.model_dump(mode="json")):
+    with tracking.stage_run("sft", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
         outputs = run_sft(recipe)
     print(f"sft: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}")
     return 0

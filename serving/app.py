@@ -1,0 +1,134 @@
+"""The app factory and the entry point `lathe serve` calls.
+
+The model loads in the background after the server starts: /health answers at once, /ready turns
+200 when the model can serve (generation endpoints answer 503 until then).
+
+Shutdown (SIGTERM or Ctrl-C): the server stops accepting connections, answers 503 to requests that
+still arrive, lets in-flight requests finish for up to `drain_timeout_s` (then cancels them), closes
+the engine and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from recipes import LatheError
+from serving.errors import install_error_handlers
+from serving.settings import ServerSettings
+from serving.state import ServedModel, ServerState
+
+log = logging.getLogger("lathe.serving")
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    _check_model_dir(settings.model_dir)
+    from serving.engine import create_engine
+    from serving.routes import ROUTERS
+    from serving.watcher import AliasWatcher
+
+    served = ServedModel(create_engine(settings), Path(settings.model_dir))
+    watcher = AliasWatcher.for_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state: ServerState = app.state.lathe
+        if watcher is not None:
+            served.version = await asyncio.to_thread(watcher.version_serving, served.model_dir)
+        tasks = [asyncio.create_task(_load(served.engine))]
+        if watcher is not None:
+            tasks.append(asyncio.create_task(watcher.follow(state)))
+        try:
+            yield
+        finally:
+            state.draining = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            state.served.engine.close()
+
+    app = FastAPI(title="Lathe", summary="OpenAI-compatible inference server", lifespan=lifespan)
+    app.state.lathe = ServerState(settings, served)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    app.add_middleware(_CountRequests, metrics=app.state.lathe.metrics)
+    return app
+
+
+class _CountRequests:
+    """Counts answered requests by route and status. Plain ASGI: Starlette's BaseHTTPMiddleware
+    would hide client disconnects from the routes, and those cancel generations."""
+
+    def __init__(self, app, metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def send_and_note(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+
+
+async def _load(engine) -> None:
+    try:
+        await engine.load()
+    except Exception:  # reported by /health and /ready (503) and on every generation request
+        log.exception("the model failed to load")
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    if not (Path(model_dir) / "config.json").is_file():
+        raise LatheError(f"{model_dir}: not a model directory (no config.json). Pass a directory written by "
+                         "save_pretrained, or a registry alias that resolves to one.")
+
+
+def run(settings: ServerSettings) -> None:
+    """Serve until SIGTERM / Ctrl-C (blocking), then drain and return."""
+    import uvicorn
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    app = create_app(settings)
+    print(f"Lathe serving {settings.model_name} from {settings.model_dir} on "
+          f"http://{settings.host}:{settings.port}/v1", flush=True)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=settings.drain_timeout_s)
+    server = _draining_server(config, on_exit=lambda: setattr(app.state.lathe, "draining", True))
+    # uvicorn re-raises the signal it caught once it has shut down, under the handler it found: ignore
+    # it then, so a drained server returns (exit status 0) instead of dying by SIGTERM.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _draining_server(config, on_exit):
+    """uvicorn's Server, told to mark the app as draining the moment a shutdown signal arrives
+    (uvicorn closes its sockets only at its next tick: requests in that gap get a 503)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            on_exit()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)

@@ -1,0 +1,40 @@
+"""Server-sent events in the OpenAI shape: `data: {json}` chunks, then `data: [DONE]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import AsyncIterator
+
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
+
+from serving.errors import APIError, as_api_error
+from serving.limits import Slot
+
+log = logging.getLogger("lathe.serving")
+
+
+def sse_response(chunks: AsyncIterator[BaseModel], slot: Slot, *, include_usage: bool) -> EventSourceResponse:
+    """Stream `chunks`; the admission slot is held until the stream ends or the client leaves.
+
+    Chunks carry `"usage": null` only when the client asked for usage (as OpenAI does). An error
+    after the 200 is sent as one `data: {"error": ...}` event, then [DONE] (as vLLM does)."""
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield chunk.model_dump_json(exclude=None if include_usage else {"usage"})
+            yield "[DONE]"
+        except Exception as exc:  # noqa: BLE001 - the client must learn why its stream ended
+            if not isinstance(exc, APIError):
+                log.exception("error while streaming")
+            yield json.dumps(as_api_error(exc).envelope())
+            yield "[DONE]"
+        finally:
+            slot.release()
+
+    # Also release in a background task: if the client leaves before the first event, `events`
+    # never starts and its `finally` never runs.
+    return EventSourceResponse(events(), background=BackgroundTask(slot.release_async))

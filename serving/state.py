@@ -1,0 +1,111 @@
+"""What every route needs: the settings, the live engine, the admission queue and the metrics.
+
+The live model can change while the server runs (the registry alias it follows moved, see
+watcher.py). A request takes the engine that is live when it is admitted and keeps it to the end,
+so a swap never touches requests in flight; the old engine is closed once its last user is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+
+from serving.engine import Engine
+from serving.errors import APIError, model_not_found, not_ready, shutting_down
+from serving.limits import AdmissionQueue, Slot
+from serving.metrics import ServerMetrics
+from serving.settings import ServerSettings
+
+log = logging.getLogger("lathe.serving")
+
+
+@dataclass(eq=False)
+class ServedModel:
+    engine: Engine
+    model_dir: Path
+    version: str | None = None  # the registry version, when the server follows an alias
+    users: int = 0  # admitted requests that use this engine
+    retired: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Admission:
+    """An admitted request: the engine it uses to the end, its adapter, and its queue slot."""
+
+    engine: Engine
+    adapter: str | None
+    slot: Slot
+    admitted_at: float
+
+
+class ServerState:
+    def __init__(self, settings: ServerSettings, served: ServedModel) -> None:
+        self.settings = settings
+        self.served = served
+        self.queue = AdmissionQueue(settings.max_queue)
+        self.draining = False
+        self.metrics = ServerMetrics(running=lambda: self.served.engine.num_running,
+                                     waiting=lambda: self.served.engine.num_waiting,
+                                     in_flight=lambda: self.queue.in_use)
+
+    @property
+    def engine(self) -> Engine:
+        return self.served.engine
+
+    def model_names(self) -> list[str]:
+        return [self.settings.model_name, *self.settings.adapters]
+
+    def adapter_for(self, requested: str | None) -> str | None:
+        """`model` may be omitted (the base model) but must name a served model or adapter."""
+        if requested is None or requested == self.settings.model_name:
+            return None
+        if requested in self.settings.adapters:
+            return requested
+        raise model_not_found(requested, ", ".join(self.model_names()))
+
+    def ready_engine(self) -> Engine:
+        if self.draining:
+            raise shutting_down()
+        engine = self.served.engine
+        if engine.load_error:
+            raise APIError(503, f"The model failed to load: {engine.load_error}", "server_error",
+                           code="model_load_failed")
+        if not engine.ready:
+            raise not_ready("The model is still loading; poll GET /ready and retry.")
+        return engine
+
+    def admit(self, engine: Engine, adapter: str | None) -> Admission:
+        """Take a queue slot (503 when full) and pin `engine` until the slot is released.
+
+        Call without awaiting anything after `ready_engine()`, so the engine is still the live one."""
+        served = self.served
+        assert served.engine is engine, "admit() must follow ready_engine() without an await in between"
+        admitted_at = time.perf_counter()
+
+        def released() -> None:
+            served.users -= 1
+            self.metrics.duration.observe(time.perf_counter() - admitted_at)
+            if served.users == 0 and served is not self.served:
+                served.retired.set()
+
+        slot = self.queue.acquire(on_release=released)
+        served.users += 1
+        return Admission(engine, adapter, slot, admitted_at)
+
+    async def swap(self, new: ServedModel) -> None:
+        """Make `new` (loaded and ready) the live model; close the old one after its last request."""
+        old, self.served = self.served, new
+        log.info("now serving %s (version %s); %d request(s) still on the previous model",
+                 new.model_dir, new.version, old.users)
+        if old.users:
+            await old.retired.wait()
+        old.engine.close()
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.lathe

@@ -1,0 +1,65 @@
+"""A real uvicorn server on 127.0.0.1 (free port, background thread) over the tiny model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+MODEL_NAME = "tiny"
+
+
+@contextlib.contextmanager
+def running_server(**settings) -> Iterator[str]:
+    """Serve `create_app(ServerSettings(**settings))` until the block ends; yields the base URL."""
+    import httpx2
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.settings import ServerSettings
+
+    app = create_app(ServerSettings(**settings))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(f"{base}/ready").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"server at {base} did not become ready")
+            time.sleep(0.05)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir) -> Iterator[str]:
+    with running_server(model_dir=tiny_model_dir, model_name=MODEL_NAME) as base:
+        yield base
+
+
+@pytest.fixture()
+def client(server):
+    import openai
+
+    # No retries: a test must see the server's first answer (the client retries 5xx by default).
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
