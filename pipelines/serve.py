@@ -3,11 +3,18 @@
     lathe serve                                   # champion of the recipe's registered model
     lathe serve --model models:/lathe-default@candidate --port 8001
     lathe serve --model artifacts/preference/model
+
+Served from an alias (champion, candidate, models:/name@alias), the server follows it: when the alias
+moves it loads the new version and switches without dropping requests in flight.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from recipes.schema import Recipe
+
+ALIASES = ("champion", "candidate")
 
 
 def main(recipe: Recipe, args) -> int:
@@ -18,10 +25,18 @@ def main(recipe: Recipe, args) -> int:
     cfg = recipe.serve
     ref = args.model or cfg.model
     model_dir = models.resolve(ref, default_name=recipe.registry.model_name)
-    name = ref if ref.startswith("models:/") or ref in ("champion", "candidate") else model_dir.name
-    if ref in ("champion", "candidate"):
+    follows_registry = ref in ALIASES or (ref.startswith("models:/") and "@" in ref)
+    if ref in ALIASES:
         name = recipe.registry.model_name
-    settings = ServerSettings(model_dir=model_dir, model_name=name, host=args.host or cfg.host,
-                              port=args.port or cfg.port, max_queue=cfg.max_queue, torch_threads=cfg.torch_threads)
+    elif ref.startswith("models:/"):
+        name = ref.removeprefix("models:/").split("@")[0].split("/")[0]
+    else:
+        name = Path(model_dir).name
+    settings = ServerSettings(
+        model_dir=model_dir, model_name=name, host=args.host or cfg.host, port=args.port or cfg.port,
+        model_ref=ref if follows_registry else None,
+        registry_model_name=recipe.registry.model_name if follows_registry else None,
+        watch_interval_s=cfg.watch_interval_s, engine=cfg.engine, max_queue=cfg.max_queue,
+        torch_threads=cfg.torch_threads, drain_timeout_s=cfg.drain_timeout_s)
     run(settings)
     return 0

@@ -141,6 +141,52 @@ class PreferenceConfig(TrainConfig):
     """DPO temperature: how far the policy may move from the reference."""
 
 
+class RLConfig(TrainConfig):
+    enabled: bool = False
+    """Run the optional RL stage (TRL GRPO on top of the preference model); off unless a recipe opts in."""
+    learning_rate: float = Field(5e-5, gt=0)
+    """Peak learning rate (the tiny-model demo used 5e-4 with LoRA)."""
+    batch_size: int = Field(32, gt=0)
+    """Per-device completions per step; with the other processes and `grad_accum` it must be a multiple of
+    `num_generations` (whole groups)."""
+    num_generations: int = Field(8, gt=1)
+    """Completions sampled per prompt: the group GRPO compares rewards within."""
+    max_completion_length: int = Field(64, gt=0)
+    """Longest sampled completion, in tokens."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature for the completions (diversity within a group is what GRPO learns from)."""
+    beta: float = Field(0.0, ge=0)
+    """KL penalty towards the starting model; 0 needs no reference model (less memory)."""
+    rewards: list[Literal["exact_match", "number_match"]] = Field(default_factory=lambda: ["exact_match"])
+    """Reward functions from pipelines/rewards.py, summed: `exact_match` (stripped completion equals the
+    answer) and `number_match` (GSM8K-style: the `#### N` or last number equals the answer's)."""
+    data: str | None = None
+    """Prompt/answer rows: a .jsonl/.json/.parquet file in any SFT format whose last assistant message is the
+    reference answer; None: the SFT training split (artifacts/data/sft_train.jsonl)."""
+
+
+class DistributedConfig(Section):
+    gpus_per_node: int = Field(1, gt=0)
+    """Processes (GPUs) per node for the training stages; more than one (or `nodes` > 1) makes
+    `lathe sft|preference|rl` re-launch itself under `launcher`."""
+    nodes: int = Field(1, gt=0)
+    """Number of nodes."""
+    launcher: Literal["deepspeed", "accelerate", "torchrun"] = "torchrun"
+    """Process launcher for multi-process runs. Multi-node: `deepspeed` reads `hostfile` and starts every
+    node from one command; `torchrun`/`accelerate` run the same command on each node with NODE_RANK set."""
+    deepspeed: str | None = None
+    """DeepSpeed config: a name under recipes/deepspeed/ (`zero2`, `zero3`, `zero3_offload`) or a JSON path;
+    None: no DeepSpeed (plain DDP when there are several processes)."""
+    hostfile: str | None = None
+    """DeepSpeed hostfile (`hostname slots=N` per line) for multi-node runs with launcher `deepspeed`."""
+    master_addr: str | None = None
+    """Rendezvous host for multi-node torchrun/accelerate runs (the MASTER_ADDR environment variable wins)."""
+    master_port: int = Field(29500, gt=0, lt=65536)
+    """Rendezvous port."""
+    gpu: str = "H100-80GB"
+    """GPU model `lathe plan` sizes the run for when --gpus is not given (`H100-80GB`, `A100-40GB`, `L40S-48GB`, ...)."""
+
+
 class SuiteConfig(Section):
     name: Literal["skills", "mmlu", "gsm8k", "humaneval", "hellaswag"]
     """Benchmark suite."""
@@ -184,7 +230,10 @@ class GateConfig(Section):
     """The candidate must beat the champion's primary metric by more than this (absolute)."""
     max_regression: float = 0.05
     """Largest drop allowed on any other metric both the candidate and the champion report
-    (absolute; `*stderr*` metrics are not compared)."""
+    (absolute), except those matched by `regression_ignore`."""
+    regression_ignore: list[str] = Field(default_factory=lambda: ["*stderr*"])
+    """fnmatch patterns of metrics the regression check skips. Add `*.*/*` to skip per-subject /
+    per-skill breakdowns (`suite.part/metric`), which swing a lot on small samples."""
     required: list[str] = Field(default_factory=lambda: ["skills/exact_match"])
     """Metrics that must be present in the candidate's results (the primary metric always is)."""
     lower_is_better: list[str] = Field(default_factory=list)
@@ -199,11 +248,18 @@ class ServeConfig(Section):
     """Port to bind."""
     model: str = "champion"
     """What to serve: `champion`/`candidate` (aliases of the registered model), `models:/name@alias`,
-    or a local model directory."""
+    or a local model directory. Served from an alias, the server follows it when it moves."""
+    engine: Literal["transformers", "continuous", "vllm"] = "transformers"
+    """`transformers` (generate, one request at a time), `continuous` (transformers' continuous
+    batching, best for many concurrent streams on CPU) or `vllm` (GPU; needs vllm installed)."""
     max_queue: int = Field(64, gt=0)
     """Requests allowed to wait; more are refused with 503."""
-    torch_threads: int = Field(1, gt=0)
-    """Torch threads for generation (1 is fastest on small CPUs)."""
+    torch_threads: int | None = None
+    """Torch threads for generation (None: the engine's choice; 1 is fastest for `transformers` on small CPUs)."""
+    watch_interval_s: float = Field(30.0, gt=0)
+    """How often to check whether the served alias moved."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may finish before the server exits."""
 
 
 class Recipe(Section):
@@ -217,6 +273,10 @@ class Recipe(Section):
     """Instruction tuning stage."""
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     """Preference tuning stage (DPO)."""
+    rl: RLConfig = Field(default_factory=RLConfig)
+    """Optional RL stage (GRPO with exact-answer rewards); off by default."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """Processes, nodes, launcher and DeepSpeed config for the training stages."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation."""
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

@@ -158,6 +158,7 @@ class CompletionRequest(SamplingRequest):
     logprobs: int | None = Field(None, ge=0)
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = Field(None, description="vLLM extension: constrain the text as in chat.")
 
 
 # ---- responses -------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def check_engine_supports(engine: Engine, params: SamplingParams, settings: Serv
         "seed": params.seed is not None, "min_p": bool(params.min_p),
         "repetition_penalty": params.repetition_penalty != 1.0, "presence_penalty": bool(params.presence_penalty),
         "frequency_penalty": bool(params.frequency_penalty), "min_tokens": bool(params.min_tokens),
-        "top_logprobs": bool(params.logprobs), "prompt_logprobs": prompt_logprobs,
+        "logprobs": params.logprobs is not None, "top_logprobs": bool(params.logprobs),
+        "prompt_logprobs": prompt_logprobs,
         "guide": params.guide is not None, "adapter": params.adapter is not None,
     }
     for feature, asked in used.items():
@@ -65,6 +66,8 @@ def sampling_params(request: SamplingRequest, *, max_tokens: int | None, prompt_
             raise _too_long(max_model_len, f"you requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
                             f"{prompt_param}, {max_tokens} in the completion)", prompt_param)
         max_tokens = room  # Together's 'truncate': the completion gets what the context leaves
+    if request.min_tokens and guide is not None:  # the grammar may only allow EOS while min_tokens forbids it
+        raise invalid_request("min_tokens cannot be combined with response_format or tools.", "min_tokens")
     if request.min_tokens > max_tokens:
         raise invalid_request(f"min_tokens ({request.min_tokens}) must not exceed max_tokens ({max_tokens}).",
                               "min_tokens")

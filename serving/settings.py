@@ -39,8 +39,8 @@ class ServerSettings(BaseModel):
     max_queue: int = Field(64, ge=1, description="Requests admitted at once (running + waiting); more get 503.")
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; default: 1 for engine 'transformers' (one sequence: "
-        "more threads only fight, STACK-NOTES saw 1 thread 5-10x faster than 2), all cores for 'continuous' "
-        "(batched matmuls use them).")
+        "more threads only fight, STACK-NOTES saw 1 thread 5-10x faster than 2), half the usable cores for "
+        "'continuous' (batched matmuls can use them).")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; 'auto' is float32 on CPU and the checkpoint's dtype on GPU."

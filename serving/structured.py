@@ -50,6 +50,15 @@ def response_format_guide(response_format: ResponseFormat | None) -> Guide | Non
     return Guide("json_schema", json.dumps(schema))
 
 
+def checked_guide(guide: Guide | None, param: str) -> Guide | None:
+    """The guide, or a 400 naming `param` when llguidance cannot compile it (a bad schema)."""
+    from serving.engine.grammar import grammar_error
+
+    if guide is not None and (error := grammar_error(guide)):
+        raise invalid_request(f"{param}: the schema cannot be used for constrained decoding: {error}", param)
+    return guide
+
+
 def tool_mode(body: ChatCompletionRequest) -> str:
     """'none' | 'auto' | 'required' | 'named'. OpenAI's default: auto when tools are given."""
     if not body.tools or body.tool_choice == "none":

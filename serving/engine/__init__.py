@@ -31,10 +31,21 @@ def create_engine(settings: "ServerSettings", model_dir: Path | None = None) -> 
         from serving.engine.continuous_engine import ContinuousBatchingEngine
 
         return ContinuousBatchingEngine(model_dir, device=settings.device, dtype=settings.dtype,
-                                        torch_threads=settings.torch_threads or os.cpu_count() or 1,
+                                        torch_threads=settings.torch_threads or batched_threads(),
                                         max_model_len=settings.max_model_len, max_batch_size=settings.max_batch_size)
     from serving.engine.transformers_engine import TransformersEngine
 
     return TransformersEngine(model_dir, device=settings.device, dtype=settings.dtype,
                               torch_threads=settings.torch_threads or 1, max_model_len=settings.max_model_len,
                               adapters=settings.adapters)
+
+
+def batched_threads() -> int:
+    """torch threads for batched CPU decoding: half the usable cores (the rest for the event loop,
+    tokenizing and whoever shares the machine; hyperthreads count twice). On 2 shared cores that is 1:
+    measured here, 1 thread ran 8 streams ~40x faster than 2 under contention."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)

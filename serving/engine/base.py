@@ -17,7 +17,7 @@ EngineFinish = Literal["stop", "length", "abort"]
 
 # Request features an engine may lack; the HTTP layer checks `Engine.unsupported` against these.
 FEATURES = ("seed", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
-            "top_logprobs", "prompt_logprobs", "guide", "adapter")
+            "logprobs", "top_logprobs", "prompt_logprobs", "guide", "adapter")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 
 from serving.engine import Engine, GeneratedToken
-from serving.engine.grammar import grammar_error
 from serving.errors import invalid_request
 from serving.generation import ChoiceResult, choice_params, collect, merge, run_choice, token_text, unless_disconnected
 from serving.protocol import (AssistantMessage, ChatChoice, ChatChoiceLogprobs, ChatChoiceLogprobsTogether,
@@ -24,8 +23,8 @@ from serving.protocol import (AssistantMessage, ChatChoice, ChatChoiceLogprobs, 
 from serving.routes.streaming import sse_response
 from serving.sampling import check_engine_supports, check_logprobs, check_supported, sampling_params
 from serving.state import ServerState, get_state
-from serving.structured import (ParsedToolCall, ToolCallExtractor, response_format_guide, template_tools,
-                                tool_mode, tools_guide)
+from serving.structured import (ParsedToolCall, ToolCallExtractor, checked_guide, response_format_guide,
+                                template_tools, tool_mode, tools_guide)
 
 router = APIRouter()
 
@@ -58,7 +57,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
 
     if body.stream:
         chunks = _stream_chunks(reply, choices, request_id, model, len(prompt_ids), body.include_usage_in_stream)
-        return sse_response(chunks, admission.slot, include_usage=body.include_usage_in_stream)
+        return sse_response(chunks, admission.slot, include_usage=body.include_usage_in_stream,
+                            drain_s=settings.drain_timeout_s)
 
     with admission.slot:
         results = await unless_disconnected(request, _gather(choices))
@@ -88,14 +88,10 @@ def _logprobs_request(body: ChatCompletionRequest) -> tuple[int | None, bool]:
 
 
 def _guide(body: ChatCompletionRequest):
-    guide, param = tools_guide(body), "tools"
-    if guide is None:
-        guide, param = response_format_guide(body.response_format), "response_format"
+    guide = tools_guide(body)
     if guide is not None:
-        error = grammar_error(guide)
-        if error:
-            raise invalid_request(f"{param}: the schema cannot be used for constrained decoding: {error}", param)
-    return guide, param
+        return checked_guide(guide, "tools"), "tools"
+    return checked_guide(response_format_guide(body.response_format), "response_format"), "response_format"
 
 
 def encode_chat(engine: Engine, body: ChatCompletionRequest, sanitize: bool) -> list[int]:

@@ -21,6 +21,7 @@ from serving.protocol import (CompletionChoice, CompletionLogprobs, CompletionRe
 from serving.routes.streaming import sse_response
 from serving.sampling import check_engine_supports, check_logprobs, check_supported, sampling_params
 from serving.state import ServerState, get_state
+from serving.structured import checked_guide, response_format_guide
 
 router = APIRouter()
 
@@ -43,10 +44,11 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
     if body.best_of not in (None, body.n):
         raise invalid_request("best_of different from n is not supported by this server.", "best_of")
     check_logprobs(body.logprobs, "logprobs", settings)
+    guide = checked_guide(response_format_guide(body.response_format), "response_format")
 
     prompts = [Prompt(text, ids, sampling_params(body, max_tokens=body.max_tokens, prompt_len=len(ids),
                                                  prompt_param="prompt", max_model_len=engine.max_model_len,
-                                                 logprobs=body.logprobs, adapter=adapter))
+                                                 logprobs=body.logprobs, guide=guide, adapter=adapter))
                for text, ids in _tokenized_prompts(engine, body.prompt)]
     check_engine_supports(engine, prompts[0].params, settings,
                           prompt_logprobs=body.echo and body.logprobs is not None)
@@ -63,7 +65,8 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
 
     if body.stream:
         chunks = _stream_chunks(engine, body, prompts, choices, response, prompt_tokens)
-        return sse_response(chunks, admission.slot, include_usage=body.include_usage_in_stream)
+        return sse_response(chunks, admission.slot, include_usage=body.include_usage_in_stream,
+                            drain_s=settings.drain_timeout_s)
 
     with admission.slot:
         heads = await unless_disconnected(request, _prompt_heads(engine, body, prompts))

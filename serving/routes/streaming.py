@@ -16,11 +16,14 @@ from serving.limits import Slot
 log = logging.getLogger("lathe.serving")
 
 
-def sse_response(chunks: AsyncIterator[BaseModel], slot: Slot, *, include_usage: bool) -> EventSourceResponse:
+def sse_response(chunks: AsyncIterator[BaseModel], slot: Slot, *, include_usage: bool,
+                 drain_s: float) -> EventSourceResponse:
     """Stream `chunks`; the admission slot is held until the stream ends or the client leaves.
 
     Chunks carry `"usage": null` only when the client asked for usage (as OpenAI does). An error
-    after the 200 is sent as one `data: {"error": ...}` event, then [DONE] (as vLLM does)."""
+    after the 200 is sent as one `data: {"error": ...}` event, then [DONE] (as vLLM does).
+    On server shutdown the stream may run `drain_s` more seconds (sse-starlette would otherwise
+    cut it at once), so a drain finishes in-flight streams."""
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -37,4 +40,5 @@ def sse_response(chunks: AsyncIterator[BaseModel], slot: Slot, *, include_usage:
 
     # Also release in a background task: if the client leaves before the first event, `events`
     # never starts and its `finally` never runs.
-    return EventSourceResponse(events(), background=BackgroundTask(slot.release_async))
+    return EventSourceResponse(events(), background=BackgroundTask(slot.release_async),
+                               shutdown_grace_period=drain_s)

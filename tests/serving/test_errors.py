@@ -36,6 +36,7 @@ HELLO = [{"role": "user", "content": "hello"}]
      "response_format"),
     ({"response_format": {"type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}]},
      "response_format"),
+    ({"response_format": {"type": "json_object"}, "extra_body": {"min_tokens": 3}}, "min_tokens"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
 ])
 def test_bad_values_are_400_naming_the_field(client, kwargs, param):

@@ -1,0 +1,220 @@
+"""Run the benchmark suites on a local Hugging Face model with lm-eval, offline, and record everything
+that changes a score.
+
+`run_suites` writes into `out_dir`:
+- `results.json`: the returned dict (layout in eval/README.md);
+- `samples/<suite>.jsonl`: one row per scored item (prompt, target, response, metrics, correct);
+- `lm_eval/<suite>.json`: lm-eval's own result (configs, versions, n-shot) without the samples;
+- `logs/<suite>.traceback.txt`: only when lm-eval failed on a suite (recorded as not_run).
+
+`flat_metrics` turns a results dict into `{"<suite>/<metric>": value}` for the promotion gate,
+MLflow and DVC:
+- `skills/exact_match`, `mmlu/acc`, `hellaswag/acc`, `hellaswag/acc_norm`,
+  `gsm8k/exact_match_strict-match`, `gsm8k/exact_match_flexible-extract`, `humaneval/pass_at_1`,
+  and each one's `…_stderr`;
+- breakdowns as `<suite>.<part>/<metric>`: `mmlu.stem/acc` (category), `mmlu.anatomy/acc` (subject),
+  `skills.<skill>/exact_match`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from recipes.errors import LatheError
+from recipes.schema import SuiteConfig
+
+from eval import records
+from eval import suites as catalog
+from eval.cache import EvalCache, file_sha256, model_hash, settings_key, tree_sha256
+
+log = logging.getLogger("lathe.eval")
+
+
+def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: str | Path,
+               skills_file: str | Path | None, out_dir: str | Path, batch_size: int = 8, seed: int = 1234,
+               apply_chat_template: bool = False, label: str = "model", cache_dir: str | Path | None = None,
+               device: str = "cpu", dtype: str = "float32") -> dict:
+    """Evaluate `model_dir` on each suite; a suite whose data is missing is recorded as `not_run`.
+
+    `apply_chat_template` applies to every suite but skills (always templated). `device`/`dtype` are
+    lm-eval's hf backend arguments (`cuda`/`bfloat16` on a GPU)."""
+    model_dir, out_dir, mirror_dir = Path(model_dir), Path(out_dir), Path(mirror_dir)
+    if not (model_dir / "config.json").is_file():
+        raise LatheError(f"eval: {model_dir} is not a Hugging Face model directory (no config.json); "
+                         "evaluate the merged model directory the training stage writes.")
+    catalog.validate_suites(suites)
+    # Nothing here needs the hub; without these an offline machine waits on network time-outs.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model_sha = model_hash(model_dir)
+    run = _Run(model_dir=model_dir, model_sha=model_sha, mirror_dir=mirror_dir, out_dir=out_dir,
+               skills_file=Path(skills_file) if skills_file else None, batch_size=batch_size, seed=seed,
+               apply_chat_template=apply_chat_template, device=device, dtype=dtype,
+               cache=EvalCache(cache_dir) if cache_dir else None)
+    results = {"label": label, "model_dir": str(model_dir.resolve()), "model_hash": model_sha,
+               "lm_eval_version": metadata.version("lm_eval"), "versions": _versions(),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "suites": {}}
+    with tempfile.TemporaryDirectory(prefix="lathe-eval-tasks-") as task_root:
+        for suite in suites:
+            log.info("eval %s: suite %s", label, suite.name)
+            results["suites"][suite.name] = run.suite(suite, Path(task_root) / suite.name)
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
+    os.replace(tmp, out_dir / "results.json")
+    return results
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+    """`{"<suite>/<metric>": value, "<suite>.<part>/<metric>": value}` for suites that ran (see module doc)."""
+    flat = {}
+    for suite, entry in results.get("suites", {}).items():
+        if entry.get("status") != "ok":
+            continue
+        for metric, value in entry["metrics"].items():
+            if value is not None:
+                flat[f"{suite}/{metric}"] = value
+        for parts in entry.get("breakdown", {}).values():
+            for part, values in parts.items():
+                for metric, value in values.items():
+                    if metric != "n" and value is not None:
+                        flat[f"{suite}.{_safe(part)}/{metric}"] = value
+    return flat
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^\w.\- ]", "_", str(part))  # MLflow metric names: no '/' inside a part
+
+
+def _versions() -> dict[str, str]:
+    return {pkg: metadata.version(pkg) for pkg in ("lm_eval", "transformers", "torch", "datasets")}
+
+
+@dataclass
+class _Run:
+    """Everything one `run_suites` call shares; the model is loaded on first need (never if all cached)."""
+
+    model_dir: Path
+    model_sha: str
+    mirror_dir: Path
+    out_dir: Path
+    skills_file: Path | None
+    batch_size: int
+    seed: int
+    apply_chat_template: bool
+    device: str
+    dtype: str
+    cache: EvalCache | None
+    _lm: object = field(default=None, repr=False)
+
+    def lm(self):
+        if self._lm is None:
+            from lm_eval.api.registry import get_model
+
+            log.info("eval: loading %s (%s, %s)", self.model_dir, self.dtype, self.device)
+            # batch_size and device go in the second dict (lm-eval's CLI-level arguments), not model_args.
+            self._lm = get_model("hf").create_from_arg_obj(
+                {"pretrained": str(self.model_dir), "dtype": self.dtype},
+                {"batch_size": self.batch_size, "device": self.device})
+        return self._lm
+
+    def suite(self, suite: SuiteConfig, task_dir: Path) -> dict:
+        try:
+            prepared = catalog.prepare(suite, mirror_dir=self.mirror_dir, skills_file=self.skills_file,
+                                      task_dir=task_dir)
+        except catalog.SuiteUnavailable as missing:
+            log.warning("eval: %s not run: %s", suite.name, missing.reason)
+            return {"status": "not_run", "reason": missing.reason, "fix": missing.fix}
+        request = self._request(suite, prepared)
+        key = settings_key(self.model_sha, _key_view(request))
+        samples_path = self.out_dir / "samples" / f"{suite.name}.jsonl"
+        if self.cache and (hit := self.cache.get(self.model_sha, suite.name, key, samples_path)):
+            log.info("eval: %s reused from the cache", suite.name)
+            return {**hit, "cache": "hit"}
+        started = time.time()
+        try:
+            raw = self._evaluate(suite, prepared, request, task_dir)
+        except Exception as exc:  # one broken suite must not cost the others (hours on a real model)
+            log_path = self.out_dir / "logs" / f"{suite.name}.traceback.txt"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(traceback.format_exc())
+            log.error("eval: %s failed: %s (traceback in %s)", suite.name, exc, log_path)
+            return {"status": "not_run", "reason": f"{suite.name}: lm-eval failed: {type(exc).__name__}: {exc}",
+                    "fix": f"read the traceback in {log_path} and fix its cause (a damaged data file, a model "
+                           f"lm-eval cannot load), or remove {suite.name!r} from eval.suites."}
+        entry = self._entry(suite, prepared, request, raw, samples_path, time.time() - started)
+        if self.cache:
+            self.cache.put(self.model_sha, suite.name, key, entry, samples_path)
+        return entry
+
+    def _request(self, suite: SuiteConfig, prepared: catalog.PreparedSuite) -> dict:
+        """Every input that changes the suite's scores: the settings recorded and the cache key."""
+        task_files = sorted(p for p in catalog.TASKS_DIR.iterdir() if p.suffix in (".yaml", ".py"))
+        return {
+            "suite": suite.name, "task": prepared.task, "num_fewshot": prepared.num_fewshot,
+            "limit": suite.limit, "subjects": suite.subjects, "max_gen_toks": suite.max_gen_toks,
+            "batch_size": self.batch_size, "seed": self.seed,
+            "apply_chat_template": catalog.FIXED_CHAT_TEMPLATE.get(suite.name, self.apply_chat_template),
+            "fewshot_as_multiturn": True, "dtype": self.dtype, "device": self.device,
+            "data_source": prepared.data_source,
+            "data_files": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in prepared.data_files.items()},
+            "task_config_sha256": tree_sha256(task_files + [catalog.stock_task_yaml(f"{n}/{n}.yaml")
+                                                            for n in ("gsm8k", "hellaswag")]),
+            "versions": _versions(),
+        }
+
+    def _evaluate(self, suite: SuiteConfig, prepared: catalog.PreparedSuite, request: dict, task_dir: Path) -> dict:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+        return lm_eval.simple_evaluate(
+            model=self.lm(), tasks=[prepared.task], task_manager=manager, num_fewshot=prepared.num_fewshot,
+            limit=suite.limit, batch_size=self.batch_size, device=self.device, log_samples=True,
+            apply_chat_template=request["apply_chat_template"],
+            fewshot_as_multiturn=request["fewshot_as_multiturn"],
+            gen_kwargs={"max_gen_toks": suite.max_gen_toks} if suite.max_gen_toks else None,
+            random_seed=self.seed, numpy_random_seed=self.seed, torch_random_seed=self.seed,
+            fewshot_random_seed=self.seed, confirm_run_unsafe_code=prepared.unsafe_code)
+
+    def _entry(self, suite, prepared, request, raw, samples_path, duration) -> dict:
+        rows = records.normalize_samples(prepared, raw)
+        records.write_samples(rows, samples_path)
+        entry = {"status": "ok", **records.suite_entry(prepared, raw)}
+        if suite.name == "skills":
+            entry["breakdown"] = records.breakdown_by_part(rows, entry["primary"], "skill")
+        configs = raw["configs"]
+        shots = sorted({int(n) for n in raw["n-shot"].values()})
+        entry["settings"] = {
+            **request,
+            "num_fewshot": shots[0] if len(shots) == 1 else shots,  # effective (lm-eval keeps a YAML's 0)
+            "num_fewshot_requested": prepared.num_fewshot,
+            "gen_kwargs": next((c.get("generation_kwargs") for c in configs.values()), None),
+            "filters": sorted({f["name"] for c in configs.values() for f in (c.get("filter_list") or [])}),
+            "n_samples": {"scored": sum(v["effective"] for v in raw["n-samples"].values()),
+                          "available": sum(v["original"] for v in raw["n-samples"].values())},
+            "max_length": raw.get("max_length"),
+        }
+        entry.update(examples=records.examples(rows), samples_file=str(samples_path.relative_to(self.out_dir)),
+                     duration_s=round(duration, 1), cache="miss")
+        raw_path = self.out_dir / "lm_eval" / f"{suite.name}.json"
+        raw_path.parent.mkdir(parents=True, exist_ok=True)
+        raw_path.write_text(json.dumps({k: v for k, v in raw.items() if k != "samples"}, indent=1, default=str))
+        return entry
+
+
+def _key_view(request: dict) -> dict:
+    """The request without file locations: a moved mirror or skills file with the same content hits."""
+    view = {k: v for k, v in request.items() if k != "data_source"}
+    view["data_files"] = {k: f["sha256"] for k, f in request["data_files"].items()}
+    return view

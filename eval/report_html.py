@@ -1,0 +1,149 @@
+"""HTML rendering of the report model built in eval/report.py: one file, inline CSS and SVG charts,
+no scripts and no external resources, so it opens offline and can be attached to a run as is."""
+
+from __future__ import annotations
+
+from html import escape
+
+PALETTE = ["#7a869a", "#2f6fbd", "#2e9e6a", "#c77d1a", "#8a4fbf", "#c2414b"]
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1100px;
+color:#1f2328;line-height:1.45;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.25rem .55rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.pos{color:#1a7f37}.neg{color:#cf222e}.primary{font-weight:600}.muted{color:#656d76}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.3rem .6rem;border-radius:4px}
+pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;font-size:.8rem;margin:.3rem 0}
+details{margin:.3rem 0 .6rem}summary{cursor:pointer}
+.ok{color:#1a7f37}.bad{color:#cf222e}code{background:#f6f8fa;padding:0 .2rem}
+"""
+
+
+def render_html(model: dict, title: str, extra: dict[str, str]) -> str:
+    labels, base = model["labels"], model["labels"][0]
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>",
+             f"<p class='muted'>Values are fractions (0-1) ± standard error; Δ is each model minus "
+             f"<b>{escape(base)}</b> (± combined standard error).</p>", "<h2>Models</h2>",
+             _table(["label", "model dir", "model hash", "lm-eval"],
+                    [[_swatch(i) + escape(m["label"]), escape(str(m["model_dir"])),
+                      f"<code>{escape((m['model_hash'] or '')[:12])}</code>", escape(str(m["lm_eval_version"]))]
+                     for i, m in enumerate(model["models"])])]
+
+    parts.append("<h2>Summary</h2>")
+    if model["summary"]:
+        parts.append(_bar_chart([r for r in model["summary"] if r["primary"]], labels))
+        header = ["suite", "metric"] + labels + [f"Δ {lb} vs {base}" for lb in labels[1:]]
+        rows = [[escape(r["suite"]), f"<span class='primary'>{escape(r['metric'])}</span>" if r["primary"]
+                 else escape(r["metric"])] + [_num(text(c)) for c in r["cells"]]
+                + [_delta(d) for d in r["deltas"]] for r in model["summary"]]
+        parts.append(_table(header, rows))
+    else:
+        parts.append("<p>No suite ran.</p>")
+
+    if model["not_run"]:
+        parts.append("<h2>Not run</h2><ul>")
+        parts += [f"<li><b>{escape(n['suite'])}</b> ({escape(n['label'])}): {escape(n['reason'])}<br>"
+                  f"<span class='muted'>Fix:</span> {escape(n['fix'])}</li>" for n in model["not_run"]]
+        parts.append("</ul>")
+
+    parts.append("<h2>Settings</h2>")
+    for s in model["settings"]:
+        parts.append(f"<h3>{escape(s['suite'])}</h3>")
+        if s["differs"]:
+            parts.append(f"<p class='warn'>The labels were evaluated with different {escape(', '.join(s['differs']))}: "
+                         "the scores are not directly comparable.</p>")
+        parts.append(_table(["setting", "value"], [[escape(k), escape(str(v))] for k, v in s["settings"].items()]))
+
+    for table in model["breakdowns"]:
+        parts.append(f"<h2>{escape(table['suite'])} by {escape(table['kind'])} ({escape(str(table['metric']))})</h2>")
+        header = [table["kind"], *labels] + [f"Δ {lb}" for lb in labels[1:]]
+        rows = [[escape(str(r["part"]))] + [_num(text(c)) for c in r["cells"]] + [_delta(d) for d in r["deltas"]]
+                for r in table["rows"]]
+        parts.append(_table(header, rows))
+
+    parts.append("<h2>Sample outputs</h2>")
+    for ex in model["examples"]:
+        items = [(k, it) for k in ("right", "wrong") for it in ex.get(k, [])]
+        if not items:
+            continue
+        parts.append(f"<h3>{escape(ex['suite'])} — {escape(ex['label'])}</h3>")
+        for kind, item in items:
+            mark = "<span class='ok'>✔ right</span>" if kind == "right" else "<span class='bad'>✘ wrong</span>"
+            extracted = f" · extracted <code>{escape(str(item['filtered']))}</code>" if "filtered" in item else ""
+            part = f" [{escape(str(item['part']))}]" if item.get("part") else ""
+            parts.append(f"<details><summary>{mark}{part} · target <code>{escape(str(item['target']))}</code> · "
+                         f"response <code>{escape(str(item['response']))}</code>{extracted}</summary>"
+                         f"<pre>{escape(item['prompt'])}</pre></details>")
+
+    for heading, body in extra.items():
+        parts.append(f"<h2>{escape(heading)}</h2>{_markdown(body)}")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def text(cell: dict | None) -> str:
+    """A cell's display text ("0.412 ± 0.031", "+0.120 (±0.045)"), or a dash where there is none."""
+    return "—" if cell is None else cell["text"]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Cells are HTML already (escaped by the caller); a cell that is a whole <td> is kept as is."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _num(text: str) -> str:
+    return f"<td class='num'>{escape(text)}</td>"
+
+
+def _delta(delta: dict | None) -> str:
+    cls = "" if delta is None or delta["value"] == 0 else ("pos" if delta["value"] > 0 else "neg")
+    return f"<td class='num {cls}'>{escape(text(delta))}</td>"
+
+
+def _swatch(i: int) -> str:
+    return (f"<svg width='10' height='10' style='margin-right:.35rem'><rect width='10' height='10' "
+            f"fill='{PALETTE[i % len(PALETTE)]}'/></svg>")
+
+
+def _bar_chart(rows: list[dict], labels: list[str]) -> str:
+    """Horizontal bars of each suite's primary metric per label, with stderr whiskers."""
+    bar_h, gap, left, width = 14, 10, 190, 420
+    height = sum(len(labels) * bar_h + gap for _ in rows) + 10
+    out = [f"<svg width='{left + width + 120}' height='{height}' "
+           "role='img' aria-label='primary metric per suite and model' style='font-size:11px'>"]
+    y = 5
+    for row in rows:
+        out.append(f"<text x='0' y='{y + len(labels) * bar_h / 2 + 4}'>{escape(row['suite'])} · "
+                   f"{escape(row['metric'])}</text>")
+        for i, cell in enumerate(row["cells"]):
+            if cell is not None:
+                w = max(0.0, min(1.0, cell["value"])) * width
+                out.append(f"<rect x='{left}' y='{y}' width='{w:.1f}' height='{bar_h - 2}' "
+                           f"fill='{PALETTE[i % len(PALETTE)]}'><title>{escape(labels[i])}: {cell['value']:.3f}</title></rect>")
+                if cell.get("stderr"):
+                    lo = max(0.0, cell["value"] - cell["stderr"]) * width + left
+                    hi = min(1.0, cell["value"] + cell["stderr"]) * width + left
+                    mid = y + (bar_h - 2) / 2
+                    out.append(f"<line x1='{lo:.1f}' x2='{hi:.1f}' y1='{mid}' y2='{mid}' stroke='#1f2328' stroke-width='1'/>")
+                out.append(f"<text x='{left + width + 6}' y='{y + bar_h - 4}'>{escape(labels[i])} {cell['value']:.3f}</text>")
+            y += bar_h
+        out.append(f"<line x1='{left}' x2='{left}' y1='{y - len(labels) * bar_h}' y2='{y}' stroke='#656d76'/>")
+        y += gap
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _markdown(text: str) -> str:
+    """The pipeline's extra sections are Markdown; raw HTML in them is escaped, not passed through."""
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:  # markdown-it-py comes with rich/mlflow; without it, show the text as is
+        return f"<pre>{escape(text)}</pre>"
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
