@@ -33,7 +33,7 @@ def main(recipe: Recipe, args) -> int:
             raise LatheError(f"`dvc repro` failed (exit {done.returncode}); the failing stage's message is above")
         tracking.log_artifacts([p for p in ("dvc.lock", "params.yaml") if Path(p).exists()], "pipeline")
 
-    report = Path("artifacts/evaluate/report.html").resolve()
+    report = Path("artifacts/promote/report.html").resolve()
     decision = json.loads(Path("artifacts/promote/decision.json").read_text())
     champion = models.get_version(recipe.registry.model_name, "champion")
     print()

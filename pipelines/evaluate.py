@@ -5,8 +5,9 @@ lm-eval, and write the report.
 
 Output: artifacts/evaluate/{<label>/results.json, report.md, report.html, metrics.json, manifest.json}.
 `metrics.json` (DVC metrics) holds the tuned model's flat metrics and its deltas against the base.
-Results are cached by model hash + settings under .lathe/eval-cache, so an unchanged model is never
-evaluated twice (e.g. when only the preference stage changed).
+When the registry has a champion, it is judged too, on the same settings, so the gate compares
+like with like. Results are cached by model hash + settings under .lathe/eval-cache, so an
+unchanged model is never evaluated twice (e.g. when only the preference stage changed).
 """
 
 from __future__ import annotations
@@ -27,9 +28,23 @@ def models_to_judge(root: Path) -> dict[str, Path]:
         outputs = read_manifest(stage, root)["outputs"]
         if not outputs.get("skipped"):
             models[label] = Path(outputs["model_dir"])
-    if "tuned" not in models and "sft" in models:
-        models["tuned"] = models.pop("sft")
+    if "tuned" not in models:  # no preference stage: the candidate is the SFT model (or the base itself)
+        models["tuned"] = models.pop("sft", models["base"])
     return models
+
+
+def current_champion(recipe: Recipe) -> tuple[str, Path] | None:
+    """(version, model dir) of the registry's champion, or None (no store yet, no champion)."""
+    from registry import models, store, tracking
+
+    tracking.configure(recipe.registry.tracking_uri, Path.cwd())
+    db = store.current().sqlite_path
+    if db is not None and not db.exists():
+        return None  # first run: nothing registered yet
+    info = models.get_version(recipe.registry.model_name, "champion")
+    if info is None:
+        return None
+    return str(info.version), models.resolve(f"models:/{recipe.registry.model_name}/{info.version}")
 
 
 def training_curves(root: Path) -> str:
@@ -52,7 +67,11 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     skills_file = Path(data["skills_eval"]["path"]) if data["skills_eval"]["rows"] else None
     cfg = recipe.eval
     results = {}
-    for label, model_dir in models_to_judge(root).items():
+    judged = models_to_judge(root)
+    champion = current_champion(recipe)
+    if champion is not None:
+        judged["champion"] = champion[1]
+    for label, model_dir in judged.items():
         results[label] = run_suites(model_dir, cfg.suites, mirror_dir=cfg.mirror_dir, skills_file=skills_file,
                                     out_dir=out / label, batch_size=cfg.batch_size, seed=cfg.seed,
                                     apply_chat_template=cfg.apply_chat_template, label=label, cache_dir=CACHE)
@@ -60,6 +79,8 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
                             extra_sections={"training": training_curves(root)})
     tuned, base = flat_metrics(results["tuned"]), flat_metrics(results["base"])
     metrics = {"tuned": tuned, "delta_vs_base": {k: v - base[k] for k, v in tuned.items() if k in base}}
+    if champion is not None:
+        metrics["champion"] = {"version": champion[0], "metrics": flat_metrics(results["champion"])}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     write_manifest(out, stage="evaluate", inputs={label: r.get("model_dir") for label, r in results.items()},
                    settings=cfg.model_dump(), outputs={"report_md": str(md), "report_html": str(html),

@@ -4,8 +4,11 @@
     lathe promote --force --reason "hotfix approved by …"
     lathe rollback
 
-The decision (every check with its numbers) is printed and written to artifacts/promote/decision.json.
+The decision (every check with its numbers) is printed, written to artifacts/promote/decision.json
+and added to the final report (artifacts/promote/report.{html,md}: the eval report + the decision).
 A refused candidate is a result, not an error: the stage succeeds and the champion stays.
+When the evaluate stage re-judged the current champion on the same settings, the gate compares
+against those numbers rather than the ones stored when the champion was registered.
 """
 
 from __future__ import annotations
@@ -37,15 +40,41 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
     if args.force and not args.reason:
         raise LatheError("--force needs --reason \"...\" (it is recorded on the model version)")
     version = args.version or candidate_version(recipe, root)
-    out = stage_dir("promote", root) / "decision.json"
+    out = stage_dir("promote", root)
     with tracking.stage_run("promote", experiment=recipe.registry.experiment):
         decision = promotion.promote(recipe.registry.model_name, version, recipe.gate, force=args.force,
-                                     reason=args.reason, out_json=out)
-    verdict = "PROMOTED to champion" if decision.promote else "NOT promoted (champion unchanged)"
+                                     reason=args.reason, out_json=out / "decision.json",
+                                     champion_metrics=_rejudged_champion(root))
+        verdict = "PROMOTED to champion" if decision.promote else "NOT promoted (champion unchanged)"
+        lines = [f"## Promotion", "", f"**{recipe.registry.model_name} version {version}: {verdict}**", ""]
+        lines += [f"- {'✅' if c.passed else '❌'} **{c.name}**: {c.detail}" for c in decision.checks]
+        lines += [f"- {reason}" for reason in decision.reasons]
+        md, html = final_report(recipe, root, out, "\n".join(lines))
+        tracking.log_artifacts([md, html], "report")
     print(f"promote: {recipe.registry.model_name} version {version}: {verdict}")
     for check in decision.checks:
         print(f"  [{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
+    print(f"promote: report with the decision: {html}")
     return 0
+
+
+def _rejudged_champion(root: Path) -> dict[str, dict[str, float]] | None:
+    metrics = json.loads((root / "evaluate" / "metrics.json").read_text()) if (root / "evaluate" / "metrics.json").exists() else {}
+    champion = metrics.get("champion")
+    return {champion["version"]: champion["metrics"]} if champion else None
+
+
+def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str) -> tuple[Path, Path]:
+    """The eval report again, with the promotion decision: what people read after `dvc repro`."""
+    from eval.report import write_report
+
+    from pipelines.evaluate import training_curves
+
+    results = {p.parent.name: json.loads(p.read_text()) for p in sorted((root / "evaluate").glob("*/results.json"))}
+    order = [label for label in ("base", "sft", "tuned", "champion") if label in results]
+    return write_report({label: results[label] for label in order}, out,
+                        title=f"Lathe report — recipe '{recipe.name}'",
+                        extra_sections={"promotion": decision_md, "training": training_curves(root)})
 
 
 def rollback(recipe: Recipe, args) -> int:

@@ -36,9 +36,14 @@ def _now() -> str:
 
 
 def promote(name: str, candidate_version: str, policy: GateConfig | dict, *, force: bool = False,
-            reason: str | None = None, out_json: Path | None = None) -> gate.Decision:
+            reason: str | None = None, out_json: Path | None = None,
+            champion_metrics: dict[str, dict[str, float]] | None = None) -> gate.Decision:
     """Judge `candidate_version` (a number or an alias such as `candidate`) against the champion and
-    move `champion` to it if the gate passes, or if `force` (which needs a `reason`)."""
+    move `champion` to it if the gate passes, or if `force` (which needs a `reason`).
+
+    `champion_metrics` maps a version to metrics measured in the same evaluation run as the
+    candidate (same settings); when it holds the current champion's version those numbers are
+    compared instead of the ones stored when the champion was registered."""
     if isinstance(policy, dict):
         policy = GateConfig.model_validate(policy)
     if force and not (reason and reason.strip()):
@@ -52,7 +57,10 @@ def promote(name: str, candidate_version: str, policy: GateConfig | dict, *, for
         if champion is not None and champion.version == candidate.version:
             decision = gate.Decision(False, [f"version {candidate.version} is already the champion; nothing to do"], [])
         else:
-            decision = gate.decide(candidate.metrics, champion.metrics if champion else None, policy)
+            baseline = None
+            if champion is not None:
+                baseline = (champion_metrics or {}).get(str(champion.version), champion.metrics)
+            decision = gate.decide(candidate.metrics, baseline, policy)
             if force and not decision.promote:
                 decision.promote, decision.forced = True, True
                 decision.reasons.append(f"forced by {getpass.getuser()}: {reason}")

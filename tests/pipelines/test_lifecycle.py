@@ -1,0 +1,81 @@
+"""evaluate → register → promote glue on the tiny model with a real MLflow sqlite store:
+first version wins, identical re-registration is idempotent, a candidate that does not beat the
+champion leaves it in place and the final report says why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines import evaluate, promote, register
+from pipelines.data import run_data
+from pipelines.manifest import write_manifest
+from pipelines.preference import run_preference
+from pipelines.sft import run_sft
+from recipes import load_recipe
+from tests.tiny_model import build_tiny_model
+
+OVERRIDES = ["data.skills.n_train=12", "data.skills.n_eval=6", "data.skills.n_preference=4",
+             "sft.enabled=false", "preference.enabled=false", "eval.suites=[{name: skills}]",
+             "registry.model_name=tiny", "gate.min_improvement=0.0"]
+
+
+def _pipeline(tmp: Path, model_dir: Path, capsys) -> tuple[dict, str]:
+    from registry import tracking
+
+    recipe = load_recipe("default", OVERRIDES)
+    tracking.configure(recipe.registry.tracking_uri, tmp)
+    root = Path("artifacts")
+    (root / "base").mkdir(parents=True, exist_ok=True)
+    write_manifest(root / "base", stage="base", inputs={}, settings={},
+                   outputs={"model_dir": str(model_dir), "model_hash": model_dir.name})
+    run_data(recipe, root)
+    run_sft(recipe, root)
+    run_preference(recipe, root)
+    evaluate.run_evaluate(recipe, root)
+    manifest = register.run_register(recipe, root)
+    args = argparse.Namespace(force=False, reason=None, version=None)
+    capsys.readouterr()
+    promote.main(recipe, args)
+    return manifest, capsys.readouterr().out
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    from registry import store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("LATHE_PIPELINE_ID", "test-lifecycle")
+    store.reset()
+    yield tmp_path
+    store.reset()
+
+
+def test_first_version_wins_then_a_tie_does_not(project, tiny_model_dir, capsys):
+    first, out = _pipeline(project, tiny_model_dir, capsys)
+    assert first["version"] == "1" and "PROMOTED to champion" in out
+    report = (project / "artifacts/promote/report.md").read_text()
+    assert "version 1: PROMOTED to champion" in report and "first_version" in report
+
+    again, out = _pipeline(project, tiny_model_dir, capsys)  # identical inputs: no duplicate version
+    assert again["version"] == "1" and "already the champion" in (project / "artifacts/promote/report.md").read_text()
+
+    other = build_tiny_model(project / "other", seed=1)  # a different random model: no better on skills
+    second, out = _pipeline(project, other, capsys)
+    assert second["version"] == "2"
+    assert "NOT promoted (champion unchanged)" in out
+    decision = json.loads((project / "artifacts/promote/decision.json").read_text())
+    assert decision["champion_before"] == "1" and decision["champion_after"] == "1" and not decision["promote"]
+    report = (project / "artifacts/promote/report.md").read_text()
+    assert "NOT promoted" in report and "primary" in report
+    # the champion was re-judged in the same evaluation run, and the report shows it
+    metrics = json.loads((project / "artifacts/evaluate/metrics.json").read_text())
+    assert metrics["champion"]["version"] == "1" and "champion" in report
+
+    from registry import models
+
+    assert models.get_version("tiny", "champion").version == "1"

@@ -1,0 +1,138 @@
+"""End to end: `lathe demo` (= `dvc repro`) on the default recipe in a temporary copy of the repo —
+real DVC, real MLflow store, real lm-eval, the real embedded SmolLM2-135M — then `lathe serve` and
+the official `openai` client against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SHARED_DATA
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+
+
+def _copy_project(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], cwd=dest, check=True)
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
+    return env
+
+
+def _run(args, cwd, **kw):
+    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, **kw)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    proj = tmp_path_factory.mktemp("e2e") / "lathe"
+    proj.mkdir()
+    _copy_project(proj)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["eval"]["mirror_dir"] = str(SHARED_DATA)  # the copy is not beside ../shared
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    started = time.time()
+    out = _run([str(BIN / "lathe"), "demo"], proj, timeout=1500)
+    print(f"lathe demo took {time.time() - started:.0f} s\n{out[-2000:]}")
+    (proj / "demo.out").write_text(out)
+    return proj
+
+
+def test_demo_prints_report_champion_and_serve_lines(project):
+    out = (project / "demo.out").read_text()
+    assert f"Eval report:  {project / 'artifacts/promote/report.html'}" in out
+    assert "Champion:     lathe-default version 1 (models:/lathe-default@champion)" in out
+    assert "Serve it:     .venv/bin/lathe serve" in out
+    html = (project / "artifacts/promote/report.html").read_text()
+    assert "<script src" not in html and "skills" in html
+    assert "version 1: PROMOTED to champion" in (project / "artifacts/promote/report.md").read_text()
+
+
+def test_tuning_improves_held_out_skills(project):
+    metrics = json.loads((project / "artifacts/evaluate/metrics.json").read_text())
+    tuned, delta = metrics["tuned"]["skills/exact_match"], metrics["delta_vs_base"]["skills/exact_match"]
+    assert delta >= 0.3 and tuned >= 0.4, metrics
+    sft = json.loads((project / "artifacts/evaluate/sft/results.json").read_text())
+    sft_score = sft["suites"]["skills"]["metrics"]["exact_match"]
+    assert tuned >= sft_score - 0.05, "the preference stage must not lower the held-out skills score"
+    md = (project / "artifacts/evaluate/report.md").read_text()
+    for suite in ("skills", "mmlu", "hellaswag", "gsm8k", "humaneval"):
+        assert suite in md
+
+
+def test_second_repro_reruns_nothing(project):
+    out = _run([str(BIN / "dvc"), "repro"], project)
+    assert "Running stage" not in out, out
+
+
+def test_changing_an_sft_param_invalidates_only_sft_and_later(project):
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["sft"]["max_steps"] += 1
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(_run([str(BIN / "dvc"), "status", "--json"], project))
+    finally:
+        params_path.write_text(original)
+    assert set(status) == {"sft", "preference", "evaluate", "register", "promote"}, status
+
+
+def test_serve_champion_with_openai_client(project):
+    from openai import OpenAI
+
+    port = _free_port()
+    server = subprocess.Popen([str(BIN / "lathe"), "serve", "--port", str(port)], cwd=project, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        deadline = time.time() + 180
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except Exception:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"server did not start:\n{server.stdout.read() if server.poll() is not None else ''}")
+                time.sleep(1)
+        name = models.data[0].id
+        question = [{"role": "user", "content": "What number comes right after 41? Reply with the number only."}]
+        reply = client.chat.completions.create(model=name, messages=question, max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content.strip() == "42"
+        assert reply.choices[0].finish_reason == "stop"
+        stream = client.chat.completions.create(model=name, messages=question, max_tokens=8, temperature=0, stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text.strip() == "42"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
