@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, _, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument("--recipe", default="params.yaml", help="recipe file or name under recipes/ (default: params.yaml)")
+        _extra_args(name, cmd)  # before the overrides: a positional of its own must come first
         cmd.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. sft.max_steps=10")
-        _extra_args(name, cmd)
     return parser
 
 

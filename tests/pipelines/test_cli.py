@@ -1,0 +1,43 @@
+"""The `lathe` command line: fast help, clear errors without tracebacks."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+LATHE = [str(Path(sys.executable).parent / "lathe")]
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run(LATHE + list(args), cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_stage_without_heavy_imports():
+    done = run("--help")
+    assert done.returncode == 0
+    for stage in ("base", "data", "sft", "preference", "evaluate", "register", "promote", "serve"):
+        assert stage in done.stdout
+    probe = subprocess.run([sys.executable, "-c", "import sys, pipelines.cli as c; c.build_parser(); "
+                            "print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'lm_eval', 'trl') if m in sys.modules))"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert probe.stdout.strip() == "[]"
+
+
+def test_bad_override_is_one_clear_error():
+    done = run("sft", "sft.learnin_rate=3")
+    assert done.returncode == 2
+    assert "sft.learnin_rate (command-line override): unknown key" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_recipe_validate_and_show():
+    assert "valid" in run("recipe", "validate", "--name", "llama-3.1-8b-lora").stdout
+    shown = run("recipe", "show", "sft.max_steps=3").stdout
+    assert "max_steps: 3" in shown
+
+
+def test_missing_previous_stage_names_the_fix(tmp_path):
+    (tmp_path / "params.yaml").write_text("name: x\n")
+    done = run("sft", cwd=tmp_path)
+    assert done.returncode == 2 and "run the 'base' stage first" in done.stderr
