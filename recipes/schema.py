@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
+
+# The headline metrics each eval suite reports (eval.harness.flat_metrics keys `suite/metric`); the gate
+# may name these, plus per-part breakdowns `suite.part/metric` and `…_stderr`.
+SUITE_METRICS = {
+    "skills": ("exact_match",),
+    "mmlu": ("acc", "acc_macro"),
+    "gsm8k": ("exact_match_strict-match", "exact_match_flexible-extract"),
+    "humaneval": ("pass_at_1",),
+    "hellaswag": ("acc_norm", "acc"),
+}
 
 
 class Section(BaseModel):
@@ -262,6 +272,84 @@ class ServeConfig(Section):
     """On SIGTERM, how long in-flight requests may finish before the server exits."""
 
 
+class TierConfig(Section):
+    requests_per_minute: int = Field(6000, gt=0)
+    """Requests per minute per key (a token bucket: bursts up to this many, refilled evenly)."""
+    tokens_per_minute: int | None = Field(2_000_000, gt=0)
+    """Prompt + completion tokens per minute per key; None: unlimited."""
+    batch_requests_per_minute: int | None = Field(None, gt=0)
+    """Batch lines per minute per key, from a pool of its own (batch work never uses the online
+    buckets); None: the same number as requests_per_minute."""
+    batch_tokens_per_minute: int | None = Field(None, gt=0)
+    """Batch tokens per minute per key, from the batch pool; None: the same as tokens_per_minute."""
+
+
+def _default_tiers() -> dict[str, TierConfig]:
+    # Together's published serverless tiers: Build (top tier: 6,000 RPM, 2M TPM) and Scale
+    # (9,000 RPM; Scale has no published token limit, so none here).
+    return {"build": TierConfig(), "scale": TierConfig(requests_per_minute=9000, tokens_per_minute=None)}
+
+
+class PriceConfig(Section):
+    input_per_million: float = Field(0.30, ge=0)
+    """US dollars per million prompt tokens."""
+    output_per_million: float = Field(0.30, ge=0)
+    """US dollars per million completion tokens."""
+
+
+class BatchConfig(Section):
+    max_file_bytes: int = Field(200_000_000, gt=0)
+    """Largest file POST /v1/files accepts (OpenAI's limit: 200 MB)."""
+    max_lines: int = Field(50_000, gt=0)
+    """Most requests in one batch input file (OpenAI's limit)."""
+    max_completion_window_h: float = Field(168.0, gt=0)
+    """Longest completion_window a batch may ask for (`24h` is what OpenAI clients send)."""
+    lease_s: float = Field(30.0, gt=0)
+    """A worker holds the batch it runs for this long, renewed after every line; a server killed
+    mid-batch is resumed by the next worker once the lease runs out."""
+    poll_interval_s: float = Field(1.0, gt=0)
+    """How often an idle worker looks for new batches."""
+
+
+class PlatformConfig(Section):
+    db_path: str = ".lathe/platform.db"
+    """SQLite database holding API keys, usage, files and batches (relative to the working directory)."""
+    auth: Literal["auto", "on", "off"] = "auto"
+    """Require an API key (`Authorization: Bearer ...`) on every /v1 route. `auto`: on unless the
+    server binds to a loopback address (127.0.0.1, ::1, localhost)."""
+    protect_metrics: bool = True
+    """With auth on, GET /metrics needs a key too (Prometheus can send one: `authorization` in its scrape config)."""
+    protect_health: bool = False
+    """With auth on, GET /health and /ready need a key too (load balancers usually probe without one)."""
+    default_tier: str = "build"
+    """Tier of `lathe keys create` without --tier, and of every caller when auth is off."""
+    tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
+    """Rate-limit tiers by name. Tiers given here are added to (or replace) the defaults `build` and `scale`."""
+    prices: dict[str, PriceConfig] = Field(default_factory=lambda: {"default": PriceConfig()})
+    """Price per served model name; `default` prices every other model ($0.30 per million tokens,
+    input and output alike)."""
+    batch_price_factor: float = Field(0.5, ge=0)
+    """Batch requests cost this fraction of the online price."""
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    """Batch API limits and worker timing."""
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _add_default_tiers(cls, tiers):
+        return {**_default_tiers(), **tiers} if isinstance(tiers, dict) else tiers
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _add_default_price(cls, prices):
+        return {"default": PriceConfig(), **prices} if isinstance(prices, dict) else prices
+
+    @model_validator(mode="after")
+    def _known_default_tier(self):
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier '{self.default_tier}' is not one of the tiers: {', '.join(self.tiers)}")
+        return self
+
+
 class Recipe(Section):
     name: str = "default"
     """Recipe name (used in run names and the report)."""
@@ -285,3 +373,22 @@ class Recipe(Section):
     """Promotion policy."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """Serving defaults."""
+
+    @model_validator(mode="after")
+    def _gate_names_evaluated_metrics(self) -> "Recipe":
+        """A gate metric that no suite produces would refuse every candidate: catch the typo here."""
+        suites = {s.name for s in self.eval.suites}
+        for field in ("primary_metric", "required"):
+            names = getattr(self.gate, field)
+            for name in [names] if isinstance(names, str) else names:
+                suite, _, metric = name.partition("/")
+                suite = suite.split(".")[0]
+                known = SUITE_METRICS.get(suite)
+                if known is None or suite not in suites:
+                    raise ValueError(f"gate.{field}: '{name}' names suite '{suite}', which eval.suites does not run "
+                                     f"(running: {sorted(suites)})")
+                if "." not in name.split("/")[0] and metric not in known:
+                    raise ValueError(f"gate.{field}: '{name}': suite {suite} reports {', '.join(known)}")
+        return self
+    platform: PlatformConfig = Field(default_factory=PlatformConfig)
+    """API keys, rate-limit tiers, prices and the Batch API of the server (serving/README.md)."""

@@ -87,3 +87,18 @@ def test_every_field_has_a_docstring():
             if hasattr(field.annotation, "model_fields"):
                 walk(field.annotation, f"{prefix}{name}.")
     walk(Recipe)
+
+
+def test_gate_metric_typo_is_caught_at_load_time():
+    message = str(pytest.raises(LatheError, load_recipe, "default", ["gate.required=[skills/exact]"]).value)
+    assert "gate.required: 'skills/exact_match'" not in message and "skills reports exact_match" in message
+    message = str(pytest.raises(LatheError, load_recipe, "default", ["gate.primary_metric=mbpp/pass_at_1"]).value)
+    assert "which eval.suites does not run" in message
+
+
+def test_gate_metric_table_matches_what_eval_reports():
+    from eval.suites import PRIMARY_METRIC
+    from recipes.schema import SUITE_METRICS
+
+    for suite, metric in PRIMARY_METRIC.items():
+        assert metric in SUITE_METRICS[suite], suite
