@@ -65,5 +65,8 @@ def main(recipe: Recipe, args) -> int:
 
     with tracking.stage_run("preference", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
         outputs = run_preference(recipe)
+        if not outputs.get("skipped"):
+            metrics = read_manifest("preference")["metrics"]
+            training.log_stage_to_mlflow("preference", metrics, Path("artifacts"))
     print(f"preference: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}")
     return 0

@@ -80,5 +80,8 @@ def main(recipe: Recipe, args) -> int:
 
     with tracking.stage_run("sft", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
         outputs = run_sft(recipe)
+        if not outputs.get("skipped"):
+            metrics = read_manifest("sft")["metrics"]
+            training.log_stage_to_mlflow("sft", metrics, Path("artifacts"))
     print(f"sft: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}")
     return 0

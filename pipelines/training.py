@@ -132,11 +132,27 @@ def train_metrics(trainer, result) -> dict[str, float]:
     if tokens and runtime:
         metrics["train_tokens_per_second"] = tokens / runtime
     metrics["train_tokens"] = tokens
+    import resource
+
+    import torch
+
+    metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     history = [h for h in trainer.state.log_history if "loss" in h]
     if history:
         metrics["first_logged_loss"] = float(history[0]["loss"])
         metrics["last_logged_loss"] = float(history[-1]["loss"])
     return metrics
+
+
+def log_stage_to_mlflow(stage: str, metrics: dict[str, float], root: Path) -> None:
+    """Final metrics and the manifests (data hashes, settings, outputs) of a training stage."""
+    from registry import tracking
+
+    tracking.log_metrics_flat(metrics, prefix=f"{stage}.")
+    tracking.log_artifacts([root / "data" / "manifest.json", root / stage / "manifest.json",
+                            root / stage / "log_history.json"], "manifests")
 
 
 def write_log_history(trainer, path: Path) -> None:

@@ -136,3 +136,22 @@ def test_serve_champion_with_openai_client(project):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lathe")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("lathe.role") == "pipeline"]
+    assert len(parents) == 1
+    children = {r.data.tags.get("lathe.stage"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert {"sft", "preference", "evaluate", "register", "promote"} <= set(children)
+    sft = children["sft"].data.metrics
+    assert sft["sft.train_tokens_per_second"] > 0 and "loss" in sft
+    assert children["evaluate"].data.metrics["eval.skills/exact_match"] >= 0.4
+    version = client.get_model_version_by_alias("lathe-default", "champion")
+    assert version.version == "1" and "lathe.git_commit" in version.tags
+    del mlflow
