@@ -57,6 +57,28 @@ def not_ready(message: str) -> APIError:
     return APIError(503, message, "service_unavailable", None, "model_not_ready")
 
 
+def unauthorized(message: str) -> APIError:
+    return APIError(401, message, "invalid_request_error", None, "invalid_api_key")
+
+
+def forbidden(message: str) -> APIError:
+    return APIError(403, message, "permission_error", None, "permission_denied")
+
+
+def not_found(message: str, param: str | None = None) -> APIError:
+    return APIError(404, message, "invalid_request_error", param, "not_found")
+
+
+def rate_limited(message: str, limit: str) -> APIError:
+    """429 as OpenAI sends it: `type` names the limit hit (`requests` or `tokens`)."""
+    return APIError(429, message, limit, None, "rate_limit_exceeded")
+
+
+def invalid_body(exc: Exception) -> APIError:
+    """A pydantic ValidationError of a request body met outside FastAPI (batch lines) -> the same 400."""
+    return _validation_error(RequestValidationError(exc.errors()))
+
+
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "json-or-python"}
 
 
@@ -93,8 +115,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return invalid_request(message, param)
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.envelope(), status_code=error.status_code)
+def error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.envelope(), status_code=error.status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -36,6 +36,13 @@ class ServerMetrics:
         self.duration = Histogram("lathe_request_duration_seconds",
                                   "From admission to the end of the response (streams: the last event).",
                                   buckets=_DURATION_BUCKETS, registry=r)
+        self.usage_tokens = Counter("lathe_usage_tokens", "Metered tokens, by key id, model, kind (prompt, "
+                                    "completion) and batch (true/false).", ["key", "model", "kind", "batch"],
+                                    registry=r)
+        self.usage_cost = Counter("lathe_usage_cost_usd", "Metered cost in US dollars (platform.prices), by key id, "
+                                  "model and batch.", ["key", "model", "batch"], registry=r)
+        self.rate_limited = Counter("lathe_rate_limited", "Requests refused with 429, by key id and the limit hit "
+                                    "(requests, tokens).", ["key", "limit"], registry=r)
         Gauge("lathe_requests_running", "Sequences the engine is generating now.",
               registry=r).set_function(running)
         Gauge("lathe_queue_depth", "Sequences accepted by the engine and waiting to start.",

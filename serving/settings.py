@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recipes.schema import PlatformConfig
+
 
 class ServerSettings(BaseModel):
     """How to serve one model. Unknown keys are rejected, so a typo fails loudly."""
@@ -57,6 +59,9 @@ class ServerSettings(BaseModel):
         True, description="Encode control tokens written inside chat messages as plain text (no prompt injection)."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    platform: PlatformConfig = Field(
+        default_factory=PlatformConfig, description="API keys, rate-limit tiers, usage prices and the Batch API "
+        "(the recipe's `platform` section; its SQLite database keeps them across restarts).")
 
     @model_validator(mode="after")
     def _check_adapters(self):

@@ -139,7 +139,6 @@ def test_serve_champion_with_openai_client(project):
 
 
 def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
-    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
@@ -154,4 +153,3 @@ def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
     assert children["evaluate"].data.metrics["eval.skills/exact_match"] >= 0.4
     version = client.get_model_version_by_alias("lathe-default", "champion")
     assert version.version == "1" and "lathe.git_commit" in version.tags
-    del mlflow

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from serving.engine import Engine, GeneratedToken
 from serving.errors import invalid_request
 from serving.generation import ChoiceResult, choice_params, collect, merge, run_choice, token_text, unless_disconnected
+from serving.metering import track_usage
 from serving.protocol import (AssistantMessage, ChatChoice, ChatChoiceLogprobs, ChatChoiceLogprobsTogether,
                               ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
                               ChatTokenLogprob, DeltaMessage, DeltaToolCall, FinishReason, ResponseFunctionCall,
@@ -49,10 +50,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     stop = body.stop_strings()
     admission = state.admit(engine, adapter)
     state.metrics.prompt_tokens.inc(len(prompt_ids))
-    choices = [run_choice(engine, prompt_ids, choice_params(params, i), stop,
-                          state.metrics.choice_timer(admission.admitted_at)) for i in range(body.n)]
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
     model = body.model or settings.model_name
+    choices = track_usage(request, model, len(prompt_ids), [
+        run_choice(engine, prompt_ids, choice_params(params, i), stop,
+                   state.metrics.choice_timer(admission.admitted_at)) for i in range(body.n)])
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
     reply = _Reply(engine, tool_mode(body), top_logprobs is not None, together)
 
     if body.stream:

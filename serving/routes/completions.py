@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from serving.engine import Engine, GeneratedToken, SamplingParams, TokenLogprob
 from serving.errors import invalid_request
 from serving.generation import choice_params, collect, merge, run_choice, token_text, unless_disconnected
+from serving.metering import track_usage
 from serving.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                               UsageInfo)
 from serving.routes.streaming import sse_response
@@ -57,11 +58,12 @@ async def completions(body: CompletionRequest, request: Request, state: ServerSt
     prompt_tokens = sum(len(p.ids) for p in prompts)
     state.metrics.prompt_tokens.inc(prompt_tokens)
     # Choice index = prompt index * n + sample index, as OpenAI and vLLM number them.
-    choices = [run_choice(engine, p.ids, choice_params(p.params, i), stop,
-                          state.metrics.choice_timer(admission.admitted_at))
-               for p in prompts for i in range(body.n)]
+    model = body.model or settings.model_name
+    choices = track_usage(request, model, prompt_tokens, [
+        run_choice(engine, p.ids, choice_params(p.params, i), stop, state.metrics.choice_timer(admission.admitted_at))
+        for p in prompts for i in range(body.n)])
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    response = CompletionResponse(id=request_id, model=body.model or settings.model_name, choices=[])
+    response = CompletionResponse(id=request_id, model=model, choices=[])
 
     if body.stream:
         chunks = _stream_chunks(engine, body, prompts, choices, response, prompt_tokens)
