@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=25,<26"
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,deepspeed]"
 	@! $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-' || (echo "CUDA wheels were pulled in: refusing" && exit 1)
 	touch $@
 

@@ -54,3 +54,15 @@ def last_good_checkpoint(directory: str | Path) -> str | None:
             return str(path)
         print(f"skipping checkpoint {path}: {problem}", file=sys.stderr)
     return None
+
+
+def checkpoint_dir(stage: str, settings: dict, inputs: dict, artifacts: Path = Path("artifacts")) -> Path:
+    """Where a stage's checkpoints go (`.lathe/checkpoints/artifacts/<stage>-<hash>` beside the artifacts
+    folder): outside its DVC output (DVC deletes outputs before re-running a
+    stage, which would throw away the checkpoints a crashed run needs), keyed by a hash of the stage's
+    settings and inputs so that a changed recipe never resumes an old run."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True, default=str).encode())
+    artifacts = Path(artifacts)
+    return artifacts.parent / ".lathe" / "checkpoints" / artifacts.name / f"{stage}-{key.hexdigest()[:12]}"

@@ -22,6 +22,8 @@ COMMANDS = {
     "data": ("pipelines.data", "main", "load, validate, mix and split training data"),
     "sft": ("pipelines.sft", "main", "instruction tuning (TRL SFT, LoRA/QLoRA/full)"),
     "preference": ("pipelines.preference", "main", "preference tuning (TRL DPO)"),
+    "rl": ("pipelines.rl", "main", "optional RL stage (TRL GRPO with exact-answer rewards)"),
+    "plan": ("pipelines.plan", "main", "estimate per-GPU and CPU memory for a recipe: fits or what to change"),
     "evaluate": ("pipelines.evaluate", "main", "run lm-eval suites on base and tuned models; write the report"),
     "register": ("pipelines.register", "main", "register the tuned model in MLflow (alias candidate)"),
     "promote": ("pipelines.promote", "main", "gate the candidate; move alias champion if it wins"),
@@ -29,9 +31,14 @@ COMMANDS = {
     "serve": ("pipelines.serve", "main", "serve a model with the OpenAI-compatible API"),
     "recipe": ("pipelines.recipe_cmd", "main", "show, validate or activate a recipe"),
     "demo": ("pipelines.demo", "main", "run the whole DVC chain and print where everything is"),
+    "keys": ("pipelines.keys", "main", "create, list or revoke the server's API keys"),
+    "usage": ("pipelines.usage", "main", "tokens and cost served, by key, model or day"),
+    "batch": ("pipelines.batch", "main", "run a Batch API input file offline, without a server"),
 }
 
 USES_MLFLOW = {"sft", "preference", "rl", "evaluate", "register", "promote", "rollback", "serve", "demo"}
+
+TRAINING_STAGES = ("sft", "preference", "rl")  # re-launched under distributed.launcher when asked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,25 +62,59 @@ def _extra_args(name: str, cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument("--model", help="champion, candidate, models:/name@alias or a local directory")
         cmd.add_argument("--host")
         cmd.add_argument("--port", type=int)
+    if name == "plan":
+        cmd.add_argument("--gpus", help="GPUs to size for, COUNTxMODEL (8xH100-80GB, 4xA100-40GB); "
+                                         "default: distributed.gpus_per_node × nodes × distributed.gpu")
+        cmd.add_argument("--cpu-mem-gb", type=float, help="CPU memory per node, to check offloading against")
+        cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
     if name == "recipe":
         cmd.add_argument("action", choices=["show", "validate", "use", "schema"], nargs="?", default="show")
         cmd.add_argument("--name", help="recipe to validate or activate (with `use`: written to params.yaml)")
+    if name == "keys":
+        cmd.add_argument("action", choices=["create", "list", "revoke"])
+        cmd.add_argument("--name", help="who or what the new key is for")
+        cmd.add_argument("--tier", help="rate-limit tier of the new key (default: platform.default_tier)")
+        cmd.add_argument("--id", help="id of the key to revoke (see `lathe keys list`)")
+    if name == "usage":
+        cmd.add_argument("--since", help="30m, 24h, 7d (ago) or an ISO date such as 2026-11-01 (default: all time)")
+        cmd.add_argument("--by", choices=["key", "model", "day"], default="key", help="group totals by (default: key)")
+        cmd.add_argument("--key", help="only this key id")
+        cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if name == "batch":
+        cmd.add_argument("action", choices=["run"])
+        cmd.add_argument("input", help="Batch API input file (.jsonl)")
+        cmd.add_argument("output", help="where the successful results go (.jsonl); failed ones go to --errors")
+        cmd.add_argument("--errors", help="where failed lines go (default: <output>.errors.jsonl)")
+        cmd.add_argument("--model", help="champion, candidate, models:/name@alias or a local directory")
+        cmd.add_argument("--served-name", help="the `model` name the lines may use (default: as `lathe serve` names it)")
+        cmd.add_argument("--endpoint", default="/v1/chat/completions", choices=["/v1/chat/completions", "/v1/completions"])
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     module_name, func_name, _ = COMMANDS[args.command]
     from recipes.errors import LatheError
 
     try:
         recipe = load_args_recipe(args)
+        if args.command in TRAINING_STAGES:
+            from pipelines import launch
+
+            if launch.maybe_relaunch(args.command, recipe, argv):  # ran as N processes under the launcher
+                return 0
         if args.command in USES_MLFLOW:
             from registry import tracking
 
             tracking.configure(recipe.registry.tracking_uri, Path.cwd())
         func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(recipe, args) or 0)
+        code = int(func(recipe, args) or 0)
+        if args.command in TRAINING_STAGES:
+            from pipelines import launch
+
+            launch.end_process_group()  # every rank of a launched run waits for rank 0, then closes the group
+        return code
     except LatheError as exc:
         if args.debug:
             raise

@@ -19,17 +19,17 @@ from pipelines.manifest import read_manifest, stage_dir, write_manifest
 from recipes.schema import Recipe
 
 CACHE = Path(".lathe/eval-cache")
+TRAINING_STAGES = ("sft", "preference", "rl")
 
 
 def models_to_judge(root: Path) -> dict[str, Path]:
-    """label → model dir, in report column order (first = baseline). Skipped stages are left out."""
+    """label → model dir, in report column order (first = baseline). Each training stage that ran gets
+    a column; the last one (the candidate that gets registered) is labelled `tuned`."""
     models = {"base": Path(read_manifest("base", root)["outputs"]["model_dir"])}
-    for label, stage in (("sft", "sft"), ("tuned", "preference")):
-        outputs = read_manifest(stage, root)["outputs"]
-        if not outputs.get("skipped"):
-            models[label] = Path(outputs["model_dir"])
-    if "tuned" not in models:  # no preference stage: the candidate is the SFT model (or the base itself)
-        models["tuned"] = models.pop("sft", models["base"])
+    ran = [(stage, Path(read_manifest(stage, root)["outputs"]["model_dir"])) for stage in TRAINING_STAGES
+           if not read_manifest(stage, root)["outputs"].get("skipped")]
+    models.update(ran[:-1])
+    models["tuned"] = ran[-1][1] if ran else models["base"]
     return models
 
 
@@ -50,7 +50,7 @@ def current_champion(recipe: Recipe) -> tuple[str, Path] | None:
 def training_curves(root: Path) -> str:
     """A Markdown section with each training stage's logged loss (the report's training curves)."""
     lines = ["## Training", "", "| stage | step | loss |", "|---|---|---|"]
-    for stage in ("sft", "preference"):
+    for stage in TRAINING_STAGES:
         path = root / stage / "log_history.json"
         if path.exists():
             for row in json.loads(path.read_text()):

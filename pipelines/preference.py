@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines import training
+from pipelines import launch, training
+from pipelines.checkpoints import checkpoint_dir, last_good_checkpoint
 from pipelines.manifest import read_manifest, stage_dir, write_manifest
 from recipes.schema import Recipe
 
@@ -43,17 +44,21 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
 
     val = load_pairs(Path(data["pref_val"]["path"]))
     tokenizer = training.load_tokenizer(base_dir)
-    model = training.load_model(base_dir, cfg, recipe.model.trust_remote_code)
-    args = DPOConfig(**training.common_args(cfg, out / "checkpoints", val is not None),
+    # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
+    checkpoints = checkpoint_dir("preference", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": data["pref_train"]["sha256"]}, root)
+    args = DPOConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      beta=cfg.beta, loss_type=cfg.loss_type, max_length=cfg.max_seq_length)
+    model = training.load_model(base_dir, cfg, recipe.model.trust_remote_code)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, peft_config=training.lora_config(cfg))
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     metrics = training.train_metrics(trainer, result)
     if val is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)  # every rank (ZeRO-3 gather)
+    if not trainer.is_world_process_zero():
+        return outputs
     training.write_log_history(trainer, out / "log_history.json")
-    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)
     write_manifest(out, stage="preference", inputs={"sft_model": str(base_dir), "train": data["pref_train"],
                                                     "val": data["pref_val"]},
                    settings=cfg.model_dump(), outputs=outputs, metrics=metrics)
@@ -63,6 +68,9 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
 def main(recipe: Recipe, args) -> int:
     from registry import tracking
 
+    if not launch.is_main_process():  # the other ranks of a launched run: train, record nothing
+        run_preference(recipe)
+        return 0
     with tracking.stage_run("preference", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
         outputs = run_preference(recipe)
         if not outputs.get("skipped"):

@@ -19,9 +19,7 @@ from recipes.schema import Recipe
 def run_register(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     from registry import card, models, tracking
 
-    tuned = read_manifest("preference", root)["outputs"]
-    if tuned.get("skipped"):
-        tuned = read_manifest("sft", root)["outputs"]
+    tuned = read_manifest("rl", root)["outputs"]  # the last training stage: a skipped one passes its input on
     evaluation = read_manifest("evaluate", root)
     data = read_manifest("data", root)
     base = read_manifest("base", root)

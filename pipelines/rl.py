@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines import launch, training
-from pipelines.checkpoints import last_good_checkpoint
+from pipelines.checkpoints import checkpoint_dir, last_good_checkpoint
 from pipelines.formats import RowError, normalize_sft, read_rows
 from pipelines.manifest import read_manifest, sha256_file, stage_dir, write_manifest
 from pipelines.rewards import REWARDS
@@ -82,14 +82,15 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     tokenizer = training.load_tokenizer(base_dir)
     check_lengths(rows, tokenizer, cfg.max_seq_length, source)
     # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
-    args = GRPOConfig(**training.common_args(cfg, out / "checkpoints", False), **launch.deepspeed_args(recipe),
+    checkpoints = checkpoint_dir("rl", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": str(source)}, root)
+    args = GRPOConfig(**training.common_args(cfg, checkpoints, False), **launch.deepspeed_args(recipe),
                       num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature, beta=cfg.beta)
     model = training.load_model(base_dir, cfg, recipe.model.trust_remote_code)
     trainer = GRPOTrainer(model=model, reward_funcs=[REWARDS[name] for name in cfg.rewards], args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           peft_config=training.lora_config(cfg))
-    result = trainer.train(resume_from_checkpoint=last_good_checkpoint(out / "checkpoints"))
+    result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     metrics = training.train_metrics(trainer, result)
     metrics.update(reward_metrics(trainer.state.log_history))
     outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)  # every rank (ZeRO-3 gather)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines import training
+from pipelines import launch, training
+from pipelines.checkpoints import checkpoint_dir, last_good_checkpoint
 from pipelines.manifest import read_manifest, stage_dir, write_manifest
 from recipes.schema import Recipe
 
@@ -49,35 +50,33 @@ def run_sft(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     train = load_split(Path(data["sft_train"]["path"]), cfg.assistant_only_loss)
     val = load_split(Path(data["sft_val"]["path"]), cfg.assistant_only_loss)
     tokenizer = training.load_tokenizer(base_dir)
-    model = training.load_model(base_dir, cfg, recipe.model.trust_remote_code)
-    args = SFTConfig(**training.common_args(cfg, out / "checkpoints", val is not None),
+    # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
+    checkpoints = checkpoint_dir("sft", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": data["sft_train"]["sha256"]}, root)
+    args = SFTConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      max_length=cfg.max_seq_length, packing=cfg.packing,
                      completion_only_loss=cfg.assistant_only_loss, eos_token=tokenizer.eos_token)
+    model = training.load_model(base_dir, cfg, recipe.model.trust_remote_code)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, peft_config=training.lora_config(cfg))
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
+    result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     metrics = training.train_metrics(trainer, result)
     if val is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)  # every rank (ZeRO-3 gather)
+    if not trainer.is_world_process_zero():
+        return outputs
     training.write_log_history(trainer, out / "log_history.json")
-    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)
     write_manifest(out, stage="sft", inputs={"base": str(base_dir), "train": data["sft_train"], "val": data["sft_val"]},
                    settings=cfg.model_dump(), outputs=outputs, metrics=metrics)
     return outputs
 
 
-def _last_checkpoint(path: Path) -> str | None:
-    """Resume automatically after a crash when checkpoints exist."""
-    if not path.exists():
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(path))
-
-
 def main(recipe: Recipe, args) -> int:
     from registry import tracking
 
+    if not launch.is_main_process():  # the other ranks of a launched run: train, record nothing
+        run_sft(recipe)
+        return 0
     with tracking.stage_run("sft", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
         outputs = run_sft(recipe)
         if not outputs.get("skipped"):

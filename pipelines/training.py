@@ -83,19 +83,29 @@ def save_handoff(trainer, cfg: TrainConfig, base_dir: Path, out_dir: Path, dtype
     Merging reloads the base in 16-bit, never a 4-bit one."""
     tokenizer = trainer.processing_class
     outputs: dict[str, str] = {"base_model_dir": str(base_dir)}
+    # trainer.save_model on EVERY rank: under ZeRO-3 it gathers the sharded weights (collective) and
+    # rank 0 writes consolidated 16-bit safetensors; model.save_pretrained would write empty shards.
     if cfg.method == "full":
         model_dir = out_dir / "model"
         trainer.save_model(str(model_dir))
-        tokenizer.save_pretrained(model_dir)
-        _set_eos(model_dir, tokenizer)
         outputs["model_dir"] = str(model_dir)
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(model_dir)
+            _set_eos(model_dir, tokenizer)
         return outputs
     adapter_dir = out_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    (adapter_dir / "lathe_base.json").write_text(json.dumps({"base_model_dir": str(base_dir)}) + "\n")
+    trainer.save_model(str(adapter_dir))  # a PeftModel saves the adapter only
     outputs["adapter_dir"] = str(adapter_dir)
     if cfg.merge:
+        outputs["model_dir"] = str(out_dir / "model")
+    if not trainer.is_world_process_zero():
+        return outputs
+    tokenizer.save_pretrained(adapter_dir)
+    (adapter_dir / "lathe_base.json").write_text(json.dumps({"base_model_dir": str(base_dir)}) + "\n")
+    if cfg.merge:
+        from pipelines.launch import end_zero3_init
+
+        end_zero3_init()  # the merge loads a whole base model, not ZeRO-3 shards
         outputs["model_dir"] = str(merge_adapter(base_dir, adapter_dir, out_dir / "model", dtype))
     return outputs
 

@@ -105,7 +105,7 @@ def test_changing_an_sft_param_invalidates_only_sft_and_later(project):
         status = json.loads(_run([str(BIN / "dvc"), "status", "--json"], project))
     finally:
         params_path.write_text(original)
-    assert set(status) == {"sft", "preference", "evaluate", "register", "promote"}, status
+    assert set(status) == {"sft", "preference", "rl", "evaluate", "register", "promote"}, status
 
 
 def test_serve_champion_with_openai_client(project):

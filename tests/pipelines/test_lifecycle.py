@@ -14,6 +14,7 @@ from pipelines import evaluate, promote, register
 from pipelines.data import run_data
 from pipelines.manifest import write_manifest
 from pipelines.preference import run_preference
+from pipelines.rl import run_rl
 from pipelines.sft import run_sft
 from recipes import load_recipe
 from tests.tiny_model import build_tiny_model
@@ -35,6 +36,7 @@ def _pipeline(tmp: Path, model_dir: Path, capsys) -> tuple[dict, str]:
     run_data(recipe, root)
     run_sft(recipe, root)
     run_preference(recipe, root)
+    run_rl(recipe, root)
     evaluate.run_evaluate(recipe, root)
     manifest = register.run_register(recipe, root)
     args = argparse.Namespace(force=False, reason=None, version=None)
