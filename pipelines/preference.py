@@ -24,7 +24,8 @@ from recipes.schema import Recipe
 def load_pairs(path: Path):
     from datasets import Dataset
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, \x1c.. that rows may hold
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     keep = ("prompt", "chosen", "rejected")
     return Dataset.from_list([{k: r[k] for k in keep} for r in rows]) if rows else None
 
@@ -52,29 +53,10 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, peft_config=training.lora_config(cfg))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
-    metrics = training.train_metrics(trainer, result)
-    if val is not None:
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
-    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)  # every rank (ZeRO-3 gather)
-    if not trainer.is_world_process_zero():
-        return outputs
-    training.write_log_history(trainer, out / "log_history.json")
-    write_manifest(out, stage="preference", inputs={"sft_model": str(base_dir), "train": data["pref_train"],
-                                                    "val": data["pref_val"]},
-                   settings=cfg.model_dump(), outputs=outputs, metrics=metrics)
-    return outputs
+    return training.finish(trainer, result, stage="preference", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir,
+                           out=out, inputs={"sft_model": str(base_dir), "train": data["pref_train"], "val": data["pref_val"]},
+                           evaluate=val is not None)
 
 
 def main(recipe: Recipe, args) -> int:
-    from registry import tracking
-
-    if not launch.is_main_process():  # the other ranks of a launched run: train, record nothing
-        run_preference(recipe)
-        return 0
-    with tracking.stage_run("preference", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
-        outputs = run_preference(recipe)
-        if not outputs.get("skipped"):
-            metrics = read_manifest("preference")["metrics"]
-            training.log_stage_to_mlflow("preference", metrics, Path("artifacts"))
-    print(f"preference: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}")
-    return 0
+    return training.stage_main("preference", run_preference, recipe)

@@ -46,7 +46,7 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
                                      reason=args.reason, out_json=out / "decision.json",
                                      champion_metrics=_rejudged_champion(root))
         verdict = "PROMOTED to champion" if decision.promote else "NOT promoted (champion unchanged)"
-        lines = [f"## Promotion", "", f"**{recipe.registry.model_name} version {version}: {verdict}**", ""]
+        lines = ["## Promotion", "", f"**{recipe.registry.model_name} version {version}: {verdict}**", ""]
         lines += [f"- {'✅' if c.passed else '❌'} **{c.name}**: {c.detail}" for c in decision.checks]
         lines += [f"- {reason}" for reason in decision.reasons]
         md, html = final_report(recipe, root, out, "\n".join(lines))

@@ -91,17 +91,10 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           peft_config=training.lora_config(cfg))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
-    metrics = training.train_metrics(trainer, result)
-    metrics.update(reward_metrics(trainer.state.log_history))
-    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)  # every rank (ZeRO-3 gather)
-    if not trainer.is_world_process_zero():
-        return outputs
-    training.write_log_history(trainer, out / "log_history.json")
-    write_manifest(out, stage="rl", inputs={"preference_model": str(base_dir),
-                                           "prompts": {"path": str(source), "sha256": sha256_file(source),
-                                                       "rows": len(rows)}},
-                   settings=cfg.model_dump(), outputs=outputs, metrics=metrics)
-    return outputs
+    prompts = {"path": str(source), "sha256": sha256_file(source), "rows": len(rows)}
+    return training.finish(trainer, result, stage="rl", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir, out=out,
+                           inputs={"preference_model": str(base_dir), "prompts": prompts}, evaluate=False,
+                           extra_metrics=reward_metrics(trainer.state.log_history))
 
 
 def reward_metrics(history: list[dict]) -> dict[str, float]:
@@ -111,13 +104,4 @@ def reward_metrics(history: list[dict]) -> dict[str, float]:
 
 
 def main(recipe: Recipe, args) -> int:
-    from registry import tracking
-
-    if not launch.is_main_process():  # the other ranks of a launched run: train, record nothing
-        run_rl(recipe)
-        return 0
-    with tracking.stage_run("rl", params=recipe.model_dump(mode="json")):
-        outputs = run_rl(recipe)
-    print(f"rl: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}"
-          + (" (skipped: rl.enabled is false)" if outputs.get("skipped") else ""))
-    return 0
+    return training.stage_main("rl", run_rl, recipe)

@@ -32,7 +32,8 @@ def load_split(path: Path, assistant_only: bool):
 
     from datasets import Dataset
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, \x1c.. that rows may hold
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     return Dataset.from_list(to_trl_rows(rows, assistant_only)) if rows else None
 
 
@@ -59,28 +60,10 @@ def run_sft(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, peft_config=training.lora_config(cfg))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
-    metrics = training.train_metrics(trainer, result)
-    if val is not None:
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
-    outputs = training.save_handoff(trainer, cfg, base_dir, out, recipe.model.dtype)  # every rank (ZeRO-3 gather)
-    if not trainer.is_world_process_zero():
-        return outputs
-    training.write_log_history(trainer, out / "log_history.json")
-    write_manifest(out, stage="sft", inputs={"base": str(base_dir), "train": data["sft_train"], "val": data["sft_val"]},
-                   settings=cfg.model_dump(), outputs=outputs, metrics=metrics)
-    return outputs
+    return training.finish(trainer, result, stage="sft", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir, out=out,
+                           inputs={"base": str(base_dir), "train": data["sft_train"], "val": data["sft_val"]},
+                           evaluate=val is not None)
 
 
 def main(recipe: Recipe, args) -> int:
-    from registry import tracking
-
-    if not launch.is_main_process():  # the other ranks of a launched run: train, record nothing
-        run_sft(recipe)
-        return 0
-    with tracking.stage_run("sft", params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
-        outputs = run_sft(recipe)
-        if not outputs.get("skipped"):
-            metrics = read_manifest("sft")["metrics"]
-            training.log_stage_to_mlflow("sft", metrics, Path("artifacts"))
-    print(f"sft: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}")
-    return 0
+    return training.stage_main("sft", run_sft, recipe)

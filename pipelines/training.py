@@ -156,6 +156,42 @@ def train_metrics(trainer, result) -> dict[str, float]:
     return metrics
 
 
+def finish(trainer, result, *, stage: str, cfg: TrainConfig, dtype: str, base_dir: Path, out: Path,
+           inputs: dict[str, Any], evaluate: bool, extra_metrics: dict[str, float] | None = None) -> dict[str, str]:
+    """After `trainer.train()`: metrics (+ validation loss), the handoff on every rank (ZeRO-3 gathers
+    weights collectively), then on rank 0 only the log history and the manifest."""
+    metrics = train_metrics(trainer, result) | (extra_metrics or {})
+    if evaluate:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    outputs = save_handoff(trainer, cfg, base_dir, out, dtype)
+    if not trainer.is_world_process_zero():
+        return outputs
+    write_log_history(trainer, out / "log_history.json")
+    from pipelines.manifest import write_manifest
+
+    write_manifest(out, stage=stage, inputs=inputs, settings=cfg.model_dump(), outputs=outputs, metrics=metrics)
+    return outputs
+
+
+def stage_main(stage: str, run, recipe) -> int:
+    """The `lathe <stage>` entry of a training stage: one MLflow stage run on rank 0; the other ranks
+    of a launched run train and record nothing."""
+    from pipelines import launch
+    from pipelines.manifest import read_manifest
+    from registry import tracking
+
+    if not launch.is_main_process():
+        run(recipe)
+        return 0
+    with tracking.stage_run(stage, params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
+        outputs = run(recipe)
+        if not outputs.get("skipped"):
+            log_stage_to_mlflow(stage, read_manifest(stage)["metrics"], Path("artifacts"))
+    print(f"{stage}: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}"
+          + (f" (skipped: {stage}.enabled is false)" if outputs.get("skipped") else ""))
+    return 0
+
+
 def log_stage_to_mlflow(stage: str, metrics: dict[str, float], root: Path) -> None:
     """Final metrics and the manifests (data hashes, settings, outputs) of a training stage."""
     from registry import tracking
