@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import ROOT, SHARED_DATA
 
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 
 def _copy_project(dest: Path) -> None:
