@@ -1,7 +1,8 @@
 """Run the benchmark suites on a local Hugging Face model with lm-eval, offline, and record everything
-that changes a score.
+that changes a score. `run_suites_endpoint` does the same against an OpenAI-compatible server
+(lm-eval's `local-completions` client; eval/endpoint.py).
 
-`run_suites` writes into `out_dir`:
+`run_suites` (and `run_suites_endpoint`) write into `out_dir`:
 - `results.json`: the returned dict (layout in eval/README.md);
 - `samples/<suite>.jsonl`: one row per scored item (prompt, target, response, metrics, correct);
 - `lm_eval/<suite>.json`: lm-eval's own result (configs, versions, n-shot) without the samples;
@@ -25,7 +26,7 @@ import re
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -47,22 +48,50 @@ def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: 
 
     `apply_chat_template` applies to every suite but skills (always templated). `device`/`dtype` are
     lm-eval's hf backend arguments (`cuda`/`bfloat16` on a GPU)."""
-    model_dir, out_dir, mirror_dir = Path(model_dir), Path(out_dir), Path(mirror_dir)
+    model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise LatheError(f"eval: {model_dir} is not a Hugging Face model directory (no config.json); "
                          "evaluate the merged model directory the training stage writes.")
+    if not any((model_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise LatheError(f"eval: {model_dir} has no safetensors weights (model.safetensors or its index). Only "
+                         "safetensors are loaded: pickled .bin weights can run code when loaded; convert them first.")
     catalog.validate_suites(suites)
+    model = _LocalModel(model_dir, batch_size=batch_size, device=device, dtype=dtype)
+    return _run_all(model, suites, mirror_dir=mirror_dir, skills_file=skills_file, out_dir=out_dir, seed=seed,
+                    apply_chat_template=apply_chat_template, label=label, cache_dir=cache_dir)
+
+
+def run_suites_endpoint(endpoint: str, suites: list[SuiteConfig], *, model_name: str, tokenizer: str | Path,
+                        mirror_dir: str | Path, skills_file: str | Path | None, out_dir: str | Path,
+                        seed: int = 1234, apply_chat_template: bool = False, label: str = "endpoint",
+                        cache_dir: str | Path | None = None) -> dict:
+    """`run_suites` against a model served by an OpenAI-compatible server (`endpoint` = its base URL,
+    e.g. http://127.0.0.1:8000/v1) through lm-eval's `local-completions` client. `tokenizer` is a local
+    directory with the served model's tokenizer and chat template (see eval/endpoint.py). The results
+    record `backend: local-completions`, the endpoint and the served name in each suite's settings."""
+    from eval.endpoint import connect
+
+    catalog.validate_suites(suites)
+    _offline()  # before connect(), which loads the local tokenizer
+    model = connect(endpoint, model_name, tokenizer)
+    return _run_all(model, suites, mirror_dir=mirror_dir, skills_file=skills_file, out_dir=out_dir, seed=seed,
+                    apply_chat_template=apply_chat_template, label=label, cache_dir=cache_dir)
+
+
+def _offline() -> None:
     # Nothing here needs the hub; without these an offline machine waits on network time-outs.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    model_sha = model_hash(model_dir)
-    run = _Run(model_dir=model_dir, model_sha=model_sha, mirror_dir=mirror_dir, out_dir=out_dir,
-               skills_file=Path(skills_file) if skills_file else None, batch_size=batch_size, seed=seed,
-               apply_chat_template=apply_chat_template, device=device, dtype=dtype,
-               cache=EvalCache(cache_dir) if cache_dir else None)
-    results = {"label": label, "model_dir": str(model_dir.resolve()), "model_hash": model_sha,
+
+def _run_all(model, suites, *, mirror_dir, skills_file, out_dir, seed, apply_chat_template, label, cache_dir) -> dict:
+    _offline()
+    out_dir, mirror_dir = Path(out_dir), Path(mirror_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(model=model, mirror_dir=mirror_dir, out_dir=out_dir,
+               skills_file=Path(skills_file) if skills_file else None, seed=seed,
+               apply_chat_template=apply_chat_template, cache=EvalCache(cache_dir) if cache_dir else None)
+    results = {"label": label, **model.header(),
                "lm_eval_version": metadata.version("lm_eval"), "versions": _versions(),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "suites": {}}
     with tempfile.TemporaryDirectory(prefix="lathe-eval-tasks-") as task_root:
@@ -100,24 +129,21 @@ def _versions() -> dict[str, str]:
     return {pkg: metadata.version(pkg) for pkg in ("lm_eval", "transformers", "torch", "datasets")}
 
 
-@dataclass
-class _Run:
-    """Everything one `run_suites` call shares; the model is loaded on first need (never if all cached)."""
+class _LocalModel:
+    """A local Hugging Face directory, loaded in-process by lm-eval's `hf` backend on first need."""
 
-    model_dir: Path
-    model_sha: str
-    mirror_dir: Path
-    out_dir: Path
-    skills_file: Path | None
-    batch_size: int
-    seed: int
-    apply_chat_template: bool
-    device: str
-    dtype: str
-    cache: EvalCache | None
-    _lm: object = field(default=None, repr=False)
+    def __init__(self, model_dir: Path, *, batch_size: int, device: str, dtype: str):
+        self.model_dir, self.batch_size, self.device, self.dtype = model_dir, batch_size, device, dtype
+        self.identity = model_hash(model_dir)
+        self._lm = None
 
-    def lm(self):
+    def header(self) -> dict:
+        return {"model_dir": str(self.model_dir.resolve()), "model_hash": self.identity, "backend": "hf"}
+
+    def settings(self, chat_template: bool) -> dict:
+        return {"backend": "hf", "batch_size": self.batch_size, "dtype": self.dtype, "device": self.device}
+
+    def load(self, chat_template: bool):
         if self._lm is None:
             from lm_eval.api.registry import get_model
 
@@ -128,6 +154,21 @@ class _Run:
                 {"batch_size": self.batch_size, "device": self.device})
         return self._lm
 
+
+@dataclass
+class _Run:
+    """Everything one run shares. `model` is a `_LocalModel` or an `eval.endpoint.EndpointModel`:
+    `identity` (the cache's model hash), `header()`, `settings(chat_template)` and `load(chat_template)`;
+    it is loaded on first need (never when every suite hits the cache)."""
+
+    model: object
+    mirror_dir: Path
+    out_dir: Path
+    skills_file: Path | None
+    seed: int
+    apply_chat_template: bool
+    cache: EvalCache | None
+
     def suite(self, suite: SuiteConfig, task_dir: Path) -> dict:
         try:
             prepared = catalog.prepare(suite, mirror_dir=self.mirror_dir, skills_file=self.skills_file,
@@ -136,9 +177,9 @@ class _Run:
             log.warning("eval: %s not run: %s", suite.name, missing.reason)
             return {"status": "not_run", "reason": missing.reason, "fix": missing.fix}
         request = self._request(suite, prepared)
-        key = settings_key(self.model_sha, _key_view(request))
+        key = settings_key(self.model.identity, _key_view(request))
         samples_path = self.out_dir / "samples" / f"{suite.name}.jsonl"
-        if self.cache and (hit := self.cache.get(self.model_sha, suite.name, key, samples_path)):
+        if self.cache and (hit := self.cache.get(self.model.identity, suite.name, key, samples_path)):
             log.info("eval: %s reused from the cache", suite.name)
             return {**hit, "cache": "hit"}
         started = time.time()
@@ -154,18 +195,18 @@ class _Run:
                            f"lm-eval cannot load), or remove {suite.name!r} from eval.suites."}
         entry = self._entry(suite, prepared, request, raw, samples_path, time.time() - started)
         if self.cache:
-            self.cache.put(self.model_sha, suite.name, key, entry, samples_path)
+            self.cache.put(self.model.identity, suite.name, key, entry, samples_path)
         return entry
 
     def _request(self, suite: SuiteConfig, prepared: catalog.PreparedSuite) -> dict:
         """Every input that changes the suite's scores: the settings recorded and the cache key."""
         task_files = sorted(p for p in catalog.TASKS_DIR.iterdir() if p.suffix in (".yaml", ".py"))
+        chat_template = catalog.FIXED_CHAT_TEMPLATE.get(suite.name, self.apply_chat_template)
         return {
             "suite": suite.name, "task": prepared.task, "num_fewshot": prepared.num_fewshot,
             "limit": suite.limit, "subjects": suite.subjects, "max_gen_toks": suite.max_gen_toks,
-            "batch_size": self.batch_size, "seed": self.seed,
-            "apply_chat_template": catalog.FIXED_CHAT_TEMPLATE.get(suite.name, self.apply_chat_template),
-            "fewshot_as_multiturn": True, "dtype": self.dtype, "device": self.device,
+            "seed": self.seed, "apply_chat_template": chat_template, "fewshot_as_multiturn": True,
+            **self.model.settings(chat_template),
             "data_source": prepared.data_source,
             "data_files": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in prepared.data_files.items()},
             "task_config_sha256": tree_sha256(task_files + [catalog.stock_task_yaml(f"{n}/{n}.yaml")
@@ -179,8 +220,9 @@ class _Run:
 
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
         return lm_eval.simple_evaluate(
-            model=self.lm(), tasks=[prepared.task], task_manager=manager, num_fewshot=prepared.num_fewshot,
-            limit=suite.limit, batch_size=self.batch_size, device=self.device, log_samples=True,
+            model=self.model.load(request["apply_chat_template"]), tasks=[prepared.task], task_manager=manager,
+            num_fewshot=prepared.num_fewshot, limit=suite.limit, batch_size=request["batch_size"],
+            device=request.get("device"), log_samples=True,
             apply_chat_template=request["apply_chat_template"],
             fewshot_as_multiturn=request["fewshot_as_multiturn"],
             gen_kwargs={"max_gen_toks": suite.max_gen_toks} if suite.max_gen_toks else None,
@@ -215,6 +257,6 @@ class _Run:
 
 def _key_view(request: dict) -> dict:
     """The request without file locations: a moved mirror or skills file with the same content hits."""
-    view = {k: v for k, v in request.items() if k != "data_source"}
+    view = {k: v for k, v in request.items() if k not in ("data_source", "tokenizer_dir")}
     view["data_files"] = {k: f["sha256"] for k, f in request["data_files"].items()}
     return view

@@ -52,7 +52,7 @@ def build_model(results_by_label: dict[str, dict]) -> dict:
     _add_deltas(summary)
     return {
         "labels": labels,
-        "models": [{"label": lb, "model_dir": r.get("model_dir"), "model_hash": r.get("model_hash"),
+        "models": [{"label": lb, "model_dir": r.get("model_dir") or _served(r), "model_hash": r.get("model_hash"),
                     "lm_eval_version": r.get("lm_eval_version"), "created": r.get("created")}
                    for lb, r in results_by_label.items()],
         "summary": summary,
@@ -63,6 +63,14 @@ def build_model(results_by_label: dict[str, dict]) -> dict:
         "examples": [{"suite": s, "label": lb, **entry(lb, s).get("examples", {})}
                      for s in suites for lb in labels if entry(lb, s).get("status") == "ok"],
     }
+
+
+def _served(results: dict) -> str | None:
+    """Where an endpoint run's model was: `<served name> at <base URL>` (there is no model dir)."""
+    if not results.get("endpoint"):
+        return None
+    version = f" (registry version {results['served_version']})" if results.get("served_version") else ""
+    return f"{results.get('served_model')} at {results['endpoint']}{version}"
 
 
 def _cell(entry: dict, metric: str) -> dict | None:
@@ -87,7 +95,7 @@ def _add_deltas(rows: list[dict]) -> None:
             row["deltas"].append(delta)
 
 
-_SETTING_KEYS = ("num_fewshot", "limit", "apply_chat_template", "batch_size", "seed", "filters", "gen_kwargs",
+_SETTING_KEYS = ("backend", "num_fewshot", "limit", "apply_chat_template", "batch_size", "seed", "filters", "gen_kwargs",
                  "n_samples", "data_source")
 
 
@@ -104,7 +112,7 @@ def _settings(labels, suites, entry) -> list[dict]:
         if len(first["data_files"]) > 4:
             shown["data sha256"] += f", … ({len(first['data_files'])} files)"
         shown["lm_eval"] = first.get("versions", {}).get("lm_eval")
-        compare = ("num_fewshot", "limit", "apply_chat_template", "seed", "filters", "gen_kwargs", "data_files", "versions")
+        compare = ("backend", "num_fewshot", "limit", "apply_chat_template", "seed", "filters", "gen_kwargs", "data_files", "versions")
         differs = [k for k in compare if len({repr(s.get(k)) for s in per_label.values()}) > 1]
         out.append({"suite": suite, "settings": shown, "differs": differs})
     return out

@@ -61,8 +61,18 @@ FORBIDDEN = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddri
              "ctypes.addressof"}
 PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
                "os.link", "os.symlink", "os.truncate", "os.utime", "shutil.rmtree",
-               "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.move"}
+               "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.move", "os.setxattr",
+               "os.removexattr"}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# Calls that raise no audit event yet reach outside: signalling another process (the evaluator) through a
+# pid file descriptor, and starting one with _posixsubprocess.fork_exec (subprocess.Popen without its event).
+# They are removed, and (re)importing the modules that hold them is refused below.
+import posix, signal, _signal
+for _module, _name in ((os, "pidfd_open"), (posix, "pidfd_open"), (signal, "pidfd_send_signal"),
+                       (_signal, "pidfd_send_signal")):
+    if hasattr(_module, _name):
+        delattr(_module, _name)
+NO_IMPORT = {"_posixsubprocess", "posix", "_signal"}
 realpath, fspath, sep = os.path.realpath, os.fspath, os.sep
 
 def inside(path):
@@ -77,6 +87,8 @@ def inside(path):
 def hook(event, args):
     if event in FORBIDDEN:
         raise PermissionError(f"sandbox: {event} is not allowed")
+    if event == "import" and args[0] in NO_IMPORT:
+        raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
     if event == "open":
         path, mode, flags = args
         writes = (mode is not None and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)

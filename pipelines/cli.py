@@ -28,6 +28,7 @@ COMMANDS = {
     "register": ("pipelines.register", "main", "register the tuned model in MLflow (alias candidate)"),
     "promote": ("pipelines.promote", "main", "gate the candidate; move alias champion if it wins"),
     "rollback": ("pipelines.promote", "rollback", "move alias champion back to the previous champion"),
+    "report": ("pipelines.promote", "report", "rebuild the report (md + html) from stored results; evaluates nothing"),
     "serve": ("pipelines.serve", "main", "serve a model with the OpenAI-compatible API"),
     "recipe": ("pipelines.recipe_cmd", "main", "show, validate or activate a recipe"),
     "demo": ("pipelines.demo", "main", "run the whole DVC chain and print where everything is"),
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_args(name: str, cmd: argparse.ArgumentParser) -> None:
+    if name == "evaluate":
+        cmd.add_argument("--endpoint", help="judge the model behind this OpenAI-compatible server instead "
+                                            "(base URL, e.g. http://127.0.0.1:8000/v1); results go to artifacts/endpoint-eval/")
+        cmd.add_argument("--served-model", help="the model name the server serves (default: registry.model_name)")
+        cmd.add_argument("--tokenizer", help="local dir with the served model's tokenizer (default: the registry "
+                                             "champion's, when the served model is registry.model_name)")
+    if name == "report":
+        cmd.add_argument("--out", help="where report.md and report.html go (default: artifacts/report)")
     if name == "promote":
         cmd.add_argument("--force", action="store_true", help="promote even if the gate refuses")
         cmd.add_argument("--reason", help="why (required with --force; recorded on the version)")

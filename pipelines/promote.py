@@ -3,6 +3,7 @@
     lathe promote --recipe params.yaml
     lathe promote --force --reason "hotfix approved by …"
     lathe rollback
+    lathe report [--out DIR]       # the report again, from stored results, evaluating nothing
 
 The decision (every check with its numbers) is printed, written to artifacts/promote/decision.json
 and added to the final report (artifacts/promote/report.{html,md}: the eval report + the decision).
@@ -45,11 +46,9 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
         decision = promotion.promote(recipe.registry.model_name, version, recipe.gate, force=args.force,
                                      reason=args.reason, out_json=out / "decision.json",
                                      champion_metrics=_rejudged_champion(root))
-        verdict = "PROMOTED to champion" if decision.promote else "NOT promoted (champion unchanged)"
-        lines = ["## Promotion", "", f"**{recipe.registry.model_name} version {version}: {verdict}**", ""]
-        lines += [f"- {'✅' if c.passed else '❌'} **{c.name}**: {c.detail}" for c in decision.checks]
-        lines += [f"- {reason}" for reason in decision.reasons]
-        md, html = final_report(recipe, root, out, "\n".join(lines))
+        verdict = _verdict(decision.promote)
+        md, html = final_report(recipe, root, out, decision_markdown(recipe.registry.model_name, version,
+                                                                     decision.to_dict()))
         tracking.log_artifacts([md, html], "report")
     print(f"promote: {recipe.registry.model_name} version {version}: {verdict}")
     for check in decision.checks:
@@ -64,17 +63,50 @@ def _rejudged_champion(root: Path) -> dict[str, dict[str, float]] | None:
     return {champion["version"]: champion["metrics"]} if champion else None
 
 
-def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str) -> tuple[Path, Path]:
-    """The eval report again, with the promotion decision: what people read after `dvc repro`."""
+def _verdict(promoted: bool) -> str:
+    return "PROMOTED to champion" if promoted else "NOT promoted (champion unchanged)"
+
+
+def decision_markdown(model_name: str, version: str, decision: dict) -> str:
+    """The report's promotion section, from a decision record (`Decision.to_dict()` or decision.json)."""
+    lines = ["## Promotion", "", f"**{model_name} version {version}: {_verdict(decision['promote'])}**", ""]
+    lines += [f"- {'✅' if c['passed'] else '❌'} **{c['name']}**: {c['detail']}" for c in decision["checks"]]
+    lines += [f"- {reason}" for reason in decision["reasons"]]
+    return "\n".join(lines)
+
+
+REPORT_ORDER = ("base", "sft", "preference", "rl", "tuned", "champion")  # models_to_judge's columns
+
+
+def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None) -> tuple[Path, Path]:
+    """The eval report again, with the promotion decision (when there is one): what people read after
+    `dvc repro`. Reads artifacts/evaluate/<label>/results.json and the training logs only."""
     from eval.report import write_report
 
     from pipelines.evaluate import training_curves
 
     results = {p.parent.name: json.loads(p.read_text()) for p in sorted((root / "evaluate").glob("*/results.json"))}
-    order = [label for label in ("base", "sft", "tuned", "champion") if label in results]
+    if not results:
+        raise LatheError(f"no evaluation results in {root / 'evaluate'} (<label>/results.json): nothing has been "
+                         "evaluated yet. Run `lathe evaluate` (or `dvc repro evaluate`) first")
+    order = [label for label in REPORT_ORDER if label in results] + sorted(set(results) - set(REPORT_ORDER))
+    sections = {"promotion": decision_md} if decision_md else {}
     return write_report({label: results[label] for label in order}, out,
                         title=f"Lathe report — recipe '{recipe.name}'",
-                        extra_sections={"promotion": decision_md, "training": training_curves(root)})
+                        extra_sections={**sections, "training": training_curves(root)})
+
+
+def report(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
+    """`lathe report`: rebuild report.md + report.html from stored results; evaluates nothing."""
+    out = Path(args.out) if getattr(args, "out", None) else root / "report"
+    decision_path = root / "promote" / "decision.json"
+    decision_md = None
+    if decision_path.exists():
+        record = json.loads(decision_path.read_text())
+        decision_md = decision_markdown(record["name"], record["candidate"], record)
+    md, html = final_report(recipe, root, out, decision_md)
+    print(f"report: {html} (and {md})" + ("" if decision_md else "; no promotion decision yet"))
+    return 0
 
 
 def rollback(recipe: Recipe, args) -> int:
