@@ -106,9 +106,10 @@ def run_base(recipe: Recipe, root: Path = Path("artifacts")) -> Path:
     else:
         model_dir = resolve_hub(model_id, recipe.model.revision)
         source = {"hub": model_id, "revision": recipe.model.revision}
-    if not any(model_dir.glob("*.safetensors")):
-        raise LatheError(f"{model_dir}: no *.safetensors weights. Lathe loads only safetensors (pickled .bin "
-                         f"weights can run code); convert them first")
+    # The names transformers loads: with any other *.safetensors beside a pytorch_model.bin it would unpickle the .bin.
+    if not any((model_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise LatheError(f"{model_dir}: no safetensors weights (model.safetensors or model.safetensors.index.json). "
+                         f"Lathe loads only safetensors (pickled .bin weights can run code); convert them first")
     write_manifest(out, stage="base", inputs={"model": source}, settings=recipe.model.model_dump(),
                    outputs={"model_dir": str(model_dir), "model_hash": hash_dir(model_dir)})
     return model_dir

@@ -87,7 +87,9 @@ def split(rows: list[dict], fraction: float, rng: random.Random) -> tuple[list[d
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> dict:
-    with open(path, "w", encoding="utf-8") as fh:
+    # A rejected row may hold a lone surrogate (that is why it was rejected): UTF-8 cannot encode it, and
+    # "backslashreplace" writes it as the JSON escape \udXXX it came in as (it can only sit inside a string).
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return {"path": str(path), "rows": len(rows), "sha256": sha256_file(path)}

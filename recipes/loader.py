@@ -3,6 +3,8 @@ the file, the key, its line and what was expected."""
 
 from __future__ import annotations
 
+import copy
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +31,33 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = resolve_recipe_path(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LatheError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise LatheError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except (RecursionError, ValueError) as exc:  # nested deeper than Python's stack; an int of > 4300 digits
+        raise LatheError(f"{path}: not a usable YAML document: {_shorten(exc)}") from None
     if not isinstance(data, dict):
         raise LatheError(f"{path}: a recipe is a mapping of sections (model, data, sft, ...), got {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
     try:
+        data = apply_overrides(data, overrides or [])
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise LatheError(_explain(exc, path, text, overrides or [])) from None
+    except RecursionError:  # e.g. `a: &a [*a]`, a YAML alias inside itself
+        raise LatheError(f"{path}: a value is nested too deeply or contains itself (a YAML alias used inside "
+                         "its own anchor?)") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `sft.learning_rate=1e-4` style overrides; values are parsed as YAML (`[a, b]`, `true`, `3`)."""
-    data = _deep_copy(data)
+    data = copy.deepcopy(data)  # keeps YAML aliases shared (and self-references finite)
     for item in overrides:
         if "=" not in item:
             raise LatheError(f"override '{item}': expected key.sub=value, e.g. sft.max_steps=20")
@@ -57,7 +67,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise LatheError(f"override '{item}': empty key segment in '{key}'")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: validated as the plain string
             value = raw
         node = data
         for part in parts[:-1]:
@@ -68,14 +78,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise LatheError(f"override '{item}': '{part}' is a value, not a section")
             node = child
         node[parts[-1]] = value
-    return data
-
-
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
     return data
 
 
@@ -92,8 +94,18 @@ def _explain(exc: ValidationError, path: Path, text: str, overrides: list[str]) 
             lines.append(f"  {dotted} ({source}): unknown key; {_known_keys(loc)}")
         else:
             got = err.get("input")
-            lines.append(f"  {dotted} ({source}): {err['msg']} (got {got!r})")
+            lines.append(f"  {dotted} ({source}): {err['msg']} (got {_shorten(got)})")
     return "\n".join(lines)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxset, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 4, 100, 100
+
+
+def _shorten(value: Any, limit: int = 200) -> str:
+    """A bounded repr: a value may be megabytes (or a billion laughs of aliases)."""
+    text = str(value) if isinstance(value, BaseException) else _REPR.repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _known_keys(loc: list[str]) -> str:
@@ -113,7 +125,7 @@ def _line_of(text: str, loc: list[str]) -> int | None:
     """1-based line of the deepest key of `loc` present in the YAML text."""
     try:
         node = yaml.compose(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):
         return None
     line = None
     for part in loc:

@@ -322,7 +322,10 @@ class PlatformConfig(Section):
     protect_health: bool = False
     """With auth on, GET /health and /ready need a key too (load balancers usually probe without one)."""
     default_tier: str = "build"
-    """Tier of `lathe keys create` without --tier, and of every caller when auth is off."""
+    """Tier of `lathe keys create` without --tier."""
+    anonymous_tier: str | None = None
+    """Tier of callers when auth is off; None: they are not rate-limited (usage is still metered), so a
+    local benchmark or eval run is never throttled."""
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
     """Rate-limit tiers by name. Tiers given here are added to (or replace) the defaults `build` and `scale`."""
     prices: dict[str, PriceConfig] = Field(default_factory=lambda: {"default": PriceConfig()})
@@ -345,8 +348,10 @@ class PlatformConfig(Section):
 
     @model_validator(mode="after")
     def _known_default_tier(self):
-        if self.default_tier not in self.tiers:
-            raise ValueError(f"default_tier '{self.default_tier}' is not one of the tiers: {', '.join(self.tiers)}")
+        for name in ("default_tier", "anonymous_tier"):
+            tier = getattr(self, name)
+            if tier is not None and tier not in self.tiers:
+                raise ValueError(f"{name} '{tier}' is not one of the tiers: {', '.join(self.tiers)}")
         return self
 
 

@@ -19,7 +19,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from recipes import LatheError
+from serving.access import AccessMiddleware, Platform
+from serving.batch_worker import BatchWorker
 from serving.errors import install_error_handlers
+from serving.fine_tuning.service import FineTuningService, restore_adapters
 from serving.settings import ServerSettings
 from serving.state import ServedModel, ServerState
 
@@ -32,34 +35,61 @@ def create_app(settings: ServerSettings) -> FastAPI:
     from serving.routes import ROUTERS
     from serving.watcher import AliasWatcher
 
+    settings.adapters.update(restore_adapters(settings))  # earlier fine-tuning jobs' models load with the base
     served = ServedModel(create_engine(settings), Path(settings.model_dir))
     watcher = AliasWatcher.for_settings(settings)
+    state = ServerState(settings, served)
+    platform = Platform(settings.platform, settings.host, state.metrics)
+    batch_worker = BatchWorker(state, platform)
+    fine_tuning = FineTuningService(settings, state, platform) if settings.fine_tuning.enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state: ServerState = app.state.lathe
         if watcher is not None:
             served.version = await asyncio.to_thread(watcher.version_serving, served.model_dir)
-        tasks = [asyncio.create_task(_load(served.engine))]
+        tasks = [asyncio.create_task(_load(served.engine)), asyncio.create_task(batch_worker.run_forever())]
         if watcher is not None:
             tasks.append(asyncio.create_task(watcher.follow(state)))
+        if fine_tuning is not None:
+            tasks.append(asyncio.create_task(fine_tuning.run_forever()))
         try:
             yield
         finally:
             state.draining = True
+            if fine_tuning is not None:
+                await fine_tuning.aclose()  # stops running stages; their jobs resume at the next start
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             state.served.engine.close()
+            platform.close()
 
     app = FastAPI(title="Lathe", summary="OpenAI-compatible inference server", lifespan=lifespan)
-    app.state.lathe = ServerState(settings, served)
+    app.state.lathe = state
+    app.state.platform = platform
+    app.state.batch_worker = batch_worker
+    app.state.fine_tuning = fine_tuning
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
 
-    app.add_middleware(_CountRequests, metrics=app.state.lathe.metrics)
+    app.add_middleware(AccessMiddleware, platform=platform)  # keys, rate limits, metering
+    app.add_middleware(_CountRequests, metrics=state.metrics)  # outermost: 401s and 429s are counted too
+    _log_auth(platform)
     return app
+
+
+def _log_auth(platform: Platform) -> None:
+    if not platform.auth_on:
+        log.info("API keys: off (platform.auth=%s, loopback); usage is metered as '%s'",
+                 platform.config.auth, "anonymous")
+        return
+    keys = platform.store.row("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")[0]
+    if keys:
+        log.info("API keys: required (%d active, database %s)", keys, platform.store.path)
+    else:
+        log.warning("API keys: required, but there are none in %s: create one with `lathe keys create --name ...`",
+                    platform.store.path)
 
 
 class _CountRequests:

@@ -8,6 +8,7 @@ is 503. Routes raise `APIError`; the handlers installed by `install_error_handle
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -105,6 +106,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _param_from_loc(tuple(first.get("loc", ())))
+    if first.get("type") == "invalid_unicode":  # protocol.py's whole-body check names the field itself
+        param = first.get("ctx", {}).get("where", param)
     if first.get("type") == "json_invalid":
         return invalid_request(f"The request body is not valid JSON: {first.get('msg')}")
     message = first.get("msg", "invalid value")
@@ -115,8 +118,17 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return invalid_request(message, param)
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """Error messages quote what the client sent (a model name, a file id), which may hold a lone
+    surrogate (`"\\ud800"` is valid JSON): UTF-8 cannot encode one, so Starlette's renderer would
+    fail (a 500). Escaped to ASCII, it goes back as the same `\\ud800` it came in as."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.envelope(), status_code=error.status_code, headers=headers)
+    return _AsciiJSONResponse(error.envelope(), status_code=error.status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, field_validator, model_serializer,
                       model_validator)
+from pydantic_core import PydanticCustomError
 
 log = logging.getLogger("lathe.serving")
 
@@ -28,6 +29,42 @@ class _Request(BaseModel):
         if self.model_extra:
             log.warning("%s: ignoring unknown field(s) %s", type(self).__name__, sorted(self.model_extra))
         return self
+
+
+INVALID_UNICODE = "invalid_unicode"  # the error type errors.py turns into a 400 whose param is the field
+
+
+def lone_surrogate_at(value: Any, where: str = "") -> str | None:
+    """Where in a parsed JSON body a string holds a lone surrogate (`"\\ud800"` is valid JSON but not
+    text: tokenizers and UTF-8 encoders fail on it), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = lone_surrogate_at(key, where) or lone_surrogate_at(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := lone_surrogate_at(item, f"{where}[{i}]"):
+                return found
+    return None
+
+
+class ValidUnicodeBody(_Request):
+    """A whole request body, checked for invalid unicode before anything reads it (a base for every
+    JSON body a route takes: a lone surrogate breaks tokenizers, SQLite and UTF-8 encoders)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if (where := lone_surrogate_at(data)) is not None:
+            raise PydanticCustomError(INVALID_UNICODE, "invalid unicode (a lone surrogate such as \\ud800)",
+                                      {"where": where})
+        return data
 
 
 class StreamOptions(_Request):
@@ -67,7 +104,7 @@ class ChatMessage(_Request):
         return self.content or ""
 
 
-class SamplingRequest(_Request):
+class SamplingRequest(ValidUnicodeBody):
     """Fields shared by chat and text completions."""
 
     model: str | None = Field(None, description="Defaults to the served model.")
@@ -77,7 +114,8 @@ class SamplingRequest(_Request):
     top_k: int | None = Field(None, ge=-1, description="vLLM extension; -1 or 0 disables it.")
     min_p: float | None = Field(None, ge=0, le=1, description="vLLM extension: drop tokens below min_p x the top one's probability.")
     repetition_penalty: float | None = Field(
-        None, gt=0, description="vLLM extension (transformers' multiplicative penalty); 1 disables it.")
+        None, ge=1e-6, le=1e6, description="vLLM extension (transformers' multiplicative penalty); 1 disables it. "
+        "Bounded so that logits divided or multiplied by it stay finite in float32.")
     min_tokens: int = Field(0, ge=0, description="vLLM extension: EOS is masked until this many tokens.")
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)

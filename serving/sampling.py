@@ -12,6 +12,8 @@ from serving.errors import invalid_request
 from serving.protocol import SamplingRequest
 from serving.settings import ServerSettings
 
+GREEDY_BELOW = 1e-5  # a temperature below this is greedy decoding (vLLM's _SAMPLING_EPS)
+
 
 def check_supported(request: SamplingRequest, settings: ServerSettings) -> None:
     if request.logit_bias:
@@ -71,9 +73,12 @@ def sampling_params(request: SamplingRequest, *, max_tokens: int | None, prompt_
     if request.min_tokens > max_tokens:
         raise invalid_request(f"min_tokens ({request.min_tokens}) must not exceed max_tokens ({max_tokens}).",
                               "min_tokens")
+    temperature = 1.0 if request.temperature is None else request.temperature
+    if temperature < GREEDY_BELOW:  # dividing logits by ~0 (or a float32 zero) makes inf/NaN probabilities
+        temperature = 0.0
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if request.temperature is None else request.temperature,
+        temperature=temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
         top_k=0 if request.top_k in (None, -1) else request.top_k,
         min_p=request.min_p or 0.0,

@@ -21,6 +21,7 @@ __all__ = ["Engine", "GeneratedToken", "GenerationStream", "Guide", "SamplingPar
 def create_engine(settings: "ServerSettings", model_dir: Path | None = None) -> Engine:
     """The one place that chooses the engine. `model_dir` overrides the settings' (a hot swap)."""
     model_dir = Path(model_dir or settings.model_dir)
+    require_safetensors(model_dir, settings.adapters)
     if settings.engine == "vllm":
         from serving.engine.vllm_engine import VLLMEngine
 
@@ -38,6 +39,25 @@ def create_engine(settings: "ServerSettings", model_dir: Path | None = None) -> 
     return TransformersEngine(model_dir, device=settings.device, dtype=settings.dtype,
                               torch_threads=settings.torch_threads or 1, max_model_len=settings.max_model_len,
                               adapters=settings.adapters)
+
+
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def require_safetensors(model_dir: Path, adapters: dict[str, Path]) -> None:
+    """Only safetensors are loaded: pickled weights (pytorch_model.bin, adapter_model.bin) can run code when
+    unpickled. transformers and PEFT fall back to them when their safetensors file is missing, so check first."""
+    from recipes import LatheError
+
+    if not any((model_dir / name).is_file() for name in SAFE_WEIGHTS):
+        pickled = sorted(p.name for p in model_dir.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise LatheError(f"{model_dir}: no safetensors weights ({' or '.join(SAFE_WEIGHTS)}); found "
+                         f"{', '.join(pickled) or 'no weights'}. The server loads only safetensors (pickled weights "
+                         "can run code when loaded): convert with save_pretrained(..., safe_serialization=True).")
+    for name, adapter_dir in adapters.items():
+        if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+            raise LatheError(f"adapter '{name}': {adapter_dir} has no adapter_model.safetensors (only safetensors "
+                             "are loaded: pickled weights can run code when loaded).")
 
 
 def batched_threads() -> int:

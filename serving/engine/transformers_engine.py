@@ -124,6 +124,22 @@ class TransformersEngine:
             cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def add_adapter(self, name: str, adapter_dir: Path) -> None:
+        """Load one more LoRA adapter of this base (a fine-tuning job's result) without reloading the base.
+        It runs in the worker thread, between two generations, so no request sees a half-loaded adapter."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._add_adapter_sync, name, Path(adapter_dir))
+
+    def _add_adapter_sync(self, name: str, adapter_dir: Path) -> None:
+        if self.model is not None:  # else load() has not run yet, and loads it with the others
+            if self._adapters:
+                self.model.load_adapter(adapter_dir, adapter_name=name)
+            else:  # the first adapter turns the plain model into a PeftModel
+                from peft import PeftModel
+
+                self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=name).eval()
+        self._adapters[name] = adapter_dir
+
     # ---- generation ------------------------------------------------------------------------
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> "_TokenStream":

@@ -1,5 +1,6 @@
 """HTTP routes, one module per endpoint family. `ROUTERS` is what the app mounts."""
 
-from serving.routes import chat, completions, health, models
+from serving.routes import batches, chat, completions, files, fine_tuning, health, models, usage
 
-ROUTERS = (health.router, models.router, chat.router, completions.router)
+ROUTERS = (health.router, models.router, chat.router, completions.router, files.router, batches.router, usage.router,
+           fine_tuning.router)

@@ -1,0 +1,294 @@
+"""One job's work: validate its files (the `data` stage), then run the pipeline's stages, each as a
+`python -m pipelines.cli <stage> --recipe recipe.yaml` process with cwd = the job's workspace.
+
+Each stage runs in a process group of its own (start_new_session): cancel and shutdown signal the whole
+group, so whatever a stage started (torchrun, DeepSpeed workers) stops with it. Finished checkpoints
+stay on disk (they live outside the stage's output folder) and in the job's checkpoint list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from serving.fine_tuning import progress, workspace
+from serving.fine_tuning.store import add_event, sync_checkpoints, update_job
+
+if TYPE_CHECKING:
+    from serving.fine_tuning.service import FineTuningService
+
+log = logging.getLogger("lathe.serving")
+
+STAGES = ("base", "sft", "preference", "rl", "evaluate", "register")  # dvc.yaml's chain after `data`
+TAIL_LINES = 40
+_LATHE_ERROR = re.compile(r"^lathe \w+: error: ")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
+
+
+def training_stage(spec: dict[str, Any]) -> str:
+    return "preference" if spec["method"] == "dpo" else "sft"
+
+
+def stage_error(lines: list[str]) -> str:
+    """The stage's own one-line error (`lathe sft: error: ...`) if it printed one, else the exception that
+    ended it (`sqlite3.OperationalError: ...`), else its last lines."""
+    for pattern in (_LATHE_ERROR, _EXCEPTION):
+        found = next((line.strip() for line in reversed(lines) if pattern.match(line)), None)
+        if found:
+            return found
+    return " | ".join(line.strip() for line in lines[-5:]) or "no output"
+
+
+class JobRun:
+    """Runs one job's validation or training; `stop()` ends the running stage's process group."""
+
+    def __init__(self, service: "FineTuningService", job: dict[str, Any]) -> None:
+        self.service = service
+        self.store = service.store
+        self.job = job
+        self.id = job["id"]
+        self.spec = json.loads(job["spec"])
+        self.workspace = service.workspace(self.id)
+        self.process: asyncio.subprocess.Process | None = None
+        self.stopped = False  # cancel or shutdown: the stage's exit is not a failure
+
+    # ---- processes ---------------------------------------------------------------------
+
+    async def run_stage(self, stage: str, cwd: Path, on_line: Callable[[str], None] | None = None,
+                        on_tick: Callable[[], None] | None = None) -> tuple[int, list[str]]:
+        """Run `lathe <stage>` in `cwd`; (exit code, last lines of output). Output goes to logs/<stage>.log."""
+        settings = self.service.settings
+        logs = self.workspace / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pipelines.cli", stage, "--recipe", "recipe.yaml", cwd=cwd,
+            env=self.service.stage_env(self.id), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True)
+        if self.stopped:  # cancelled while the process was being started
+            _signal_group(self.process.pid, signal.SIGTERM)
+        if cwd == self.workspace:
+            update_job(self.store, self.id, pid=self.process.pid)
+        tail: list[str] = []
+        pending = ""
+        ticked = time.monotonic()
+        with open(logs / f"{stage}.log", "a", encoding="utf-8") as log_file:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(self.process.stdout.read(1 << 16), settings.poll_interval_s)
+                except asyncio.TimeoutError:
+                    chunk = None
+                if on_tick and time.monotonic() - ticked >= settings.poll_interval_s:
+                    on_tick()  # also while output flows: tqdm redraws many times a second
+                    ticked = time.monotonic()
+                if chunk is None:
+                    continue
+                if not chunk:
+                    break
+                text = pending + chunk.decode("utf-8", errors="replace")
+                log_file.write(text[len(pending):])
+                cut = max(text.rfind("\n"), text.rfind("\r")) + 1
+                pending = text[cut:]
+                for line in progress.split_lines(text[:cut]):
+                    tail = (tail + [line])[-TAIL_LINES:]
+                    if on_line:
+                        on_line(line)
+        code = await self.process.wait()
+        if on_tick:
+            on_tick()
+        self.process = None
+        return code, tail + progress.split_lines(pending)
+
+    async def stop(self) -> None:
+        """SIGTERM to the running stage's process group; SIGKILL after `cancel_grace_s`."""
+        self.stopped = True
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.service.settings.cancel_grace_s)
+        except asyncio.TimeoutError:
+            _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    # ---- validation --------------------------------------------------------------------
+
+    async def validate(self) -> None:
+        """validating_files -> queued, or failed with every bad row named (file id, line, reason)."""
+        settings, job = self.service.settings, self.job
+        files = [("training_file", job["training_file"], self.workspace)]
+        if job["validation_file"]:
+            files.append(("validation_file", job["validation_file"], self.workspace / "validation"))
+        rows = {}
+        for param, file_id, cwd in files:
+            size = self.service.file_bytes(file_id)
+            if size > settings.max_file_bytes:
+                return self.fail("invalid_file", f"File {file_id} is {size} bytes; fine-tuning files may have at "
+                                                 f"most {settings.max_file_bytes} bytes.", param)
+            code, tail = await self.run_stage("data", cwd)
+            if self.stopped:
+                return
+            if code != 0:
+                return self.fail(f"invalid_{param}", self._name_files(stage_error(tail)), param)
+            problem, rows[param] = self._check_data(cwd, file_id)
+            if problem:
+                return self.fail(f"invalid_{param}", problem, param)
+        if job["validation_file"]:
+            _use_validation_rows(self.workspace, self.workspace / "validation", self.spec)
+        recipe_path = self.workspace / "recipe.yaml"
+        recipe = workspace.read_recipe(recipe_path)
+        every = workspace.save_steps(recipe, rows["training_file"], self.spec.get("n_checkpoints")
+                                     or settings.n_checkpoints)
+        recipe[training_stage(self.spec)]["save_steps"] = every
+        workspace.write_recipe(recipe_path, recipe)
+        counts = f"{rows['training_file']} training rows" + (
+            f", {rows['validation_file']} validation rows" if "validation_file" in rows else "")
+        update_job(self.store, self.id, status="queued", pid=None, when_status=("validating_files",),
+                   event=f"Files validated ({counts}); job queued")
+
+    def _check_data(self, cwd: Path, file_id: str) -> tuple[str | None, int]:
+        """(why the file cannot be trained on, or None; its number of usable rows)."""
+        data = cwd / "artifacts" / "data"
+        rejects = [json.loads(line) for line in (data / "rejects.jsonl").read_text().splitlines() if line.strip()]
+        outputs = json.loads((data / "manifest.json").read_text())["outputs"]
+        kind = "pref_train" if self.spec["method"] == "dpo" else "sft_train"
+        rows = outputs[kind]["rows"] + outputs[kind.replace("train", "val")]["rows"]
+        if rejects:
+            limit = self.service.settings.max_errors_reported
+            named = "; ".join(f"{r['where']}: {r['reason']}" for r in rejects[:limit])
+            more = f" (and {len(rejects) - limit} more)" if len(rejects) > limit else ""
+            layout = "prompt/chosen/rejected preference rows" if self.spec["method"] == "dpo" else "chat rows"
+            return (f"File {file_id} has {len(rejects)} invalid row(s) for a {self.spec['method']} job "
+                    f"({layout}): {named}{more}"), rows
+        if rows < self.service.settings.min_rows:
+            return f"File {file_id} has {rows} usable row(s); at least {self.service.settings.min_rows} needed.", rows
+        return None, rows
+
+    def _name_files(self, message: str) -> str:
+        """Stage errors name the workspace copy of a file; the client knows it by its file id."""
+        return message.replace(str(self.workspace / "files") + os.sep, "")
+
+    # ---- training ----------------------------------------------------------------------
+
+    async def train(self) -> None:
+        """running -> succeeded (stages done, tokens billed, model served) or failed, unless stopped."""
+        done = json.loads(self.job["done_stages"])
+        trainer = training_stage(self.spec)
+        for stage in STAGES:
+            if self.stopped:
+                return
+            if stage in done:
+                continue
+            update_job(self.store, self.id, stage=stage, event=f"Running stage '{stage}'")
+            started = time.monotonic()
+            if stage == trainer:
+                code, tail = await self._train_stage(stage)
+            else:
+                code, tail = await self.run_stage(stage, self.workspace)
+            if self.stopped:
+                return
+            if code != 0:
+                return self.fail("stage_failed", f"Stage '{stage}' failed (exit code {code}): {stage_error(tail)} "
+                                                 f"(its output: logs/{stage}.log in the job's workspace)")
+            await self.service.after_stage(self.job, stage, self.workspace, time.monotonic() - started)
+            done.append(stage)
+            update_job(self.store, self.id, done_stages=done, pid=None,
+                       event=f"Stage '{stage}' finished in {time.monotonic() - started:.0f} s")
+        if not self.stopped:
+            await self.service.finish(self.job, self.workspace)
+
+    async def _train_stage(self, stage: str) -> tuple[int, list[str]]:
+        """The training stage, turning its logs into metrics events and its checkpoints into checkpoint rows."""
+        recipe = workspace.read_recipe(self.workspace / "recipe.yaml")
+        outputs = json.loads((self.workspace / "artifacts/data/manifest.json").read_text())["outputs"]
+        train_rows = outputs["pref_train" if stage == "preference" else "sft_train"]["rows"]
+        resumed = progress.finished_checkpoints(self.workspace, stage)
+        counter = progress.StepCounter(step=resumed[-1].step if resumed else 0,
+                                       total=workspace.save_steps(recipe, train_rows, 1))
+        if resumed:
+            add_event(self.store, self.id, f"Resuming training from the checkpoint at step {resumed[-1].step}")
+
+        def on_line(line: str) -> None:
+            metrics = progress.logged_metrics(line)
+            if metrics:
+                message, data = counter.event(metrics)
+                add_event(self.store, self.id, message, type="metrics", data=data)
+
+        def on_tick() -> None:
+            sync_checkpoints(self.store, self.id, stage, progress.finished_checkpoints(self.workspace, stage))
+
+        return await self.run_stage(stage, self.workspace, on_line, on_tick)
+
+    def fail(self, code: str, message: str, param: str | None = None) -> None:
+        error = {"code": code, "message": message, "param": param}
+        update_job(self.store, self.id, status="failed", error=error, finished_at=time.time(), pid=None,
+                   when_status=("validating_files", "running"), level="error", event=f"Job failed: {message}")
+
+
+def _use_validation_rows(job_dir: Path, validation_dir: Path, spec: dict[str, Any]) -> None:
+    """Make the validation file's rows the job's validation split.
+
+    The recipe has no field for a separate validation set (the data stage splits one off the training
+    data), so the validation file gets its own `data` run (same checks, in validation/) and its rows
+    replace the (empty: validation_fraction 0) split in the job's data output, with the manifest entry
+    updated to match, so the training stage reads them as its eval set."""
+    import hashlib
+
+    kind = "pref" if spec["method"] == "dpo" else "sft"
+    rows = (validation_dir / "artifacts/data" / f"{kind}_train.jsonl").read_bytes()
+    target = job_dir / "artifacts/data" / f"{kind}_val.jsonl"
+    target.write_bytes(rows)
+    manifest_path = job_dir / "artifacts/data/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["outputs"][f"{kind}_val"] = {"path": f"artifacts/data/{kind}_val.jsonl", "rows": rows.count(b"\n"),
+                                          "sha256": hashlib.sha256(rows).hexdigest()}
+    validation_sources = json.loads((validation_dir / "artifacts/data/manifest.json").read_text())["inputs"]["sources"]
+    manifest["inputs"]["sources"] += [{**source, "role": "validation"} for source in validation_sources]
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # start_new_session: the group id is the stage process's pid
+    except ProcessLookupError:
+        pass
+
+
+def alive_stage_process(pid: int | None, cwd: Path) -> bool:
+    """Whether `pid` is still a stage process of the job in `cwd` (a server killed with -9 leaves its stage
+    running; a reused pid of something else is left alone)."""
+    if not pid:
+        return False
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve() == cwd.resolve() and \
+            b"pipelines.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def kill_stale_stage(pid: int, cwd: Path, timeout_s: float = 30.0) -> bool:
+    """SIGKILL the orphaned stage's process group and wait for it to go; True if there was one."""
+    if not alive_stage_process(pid, cwd):
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for init to reap it, but it holds nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

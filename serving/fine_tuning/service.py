@@ -1,0 +1,368 @@
+"""The fine-tuning queue of one server: creates jobs, validates their files, runs up to
+`max_concurrent_jobs` at once, bills trained tokens, serves each result as a LoRA adapter next to the
+base model, and picks up where it was after a restart.
+
+Statuses: validating_files -> queued -> running -> succeeded | failed | cancelled. Restart: queued
+jobs simply run; a job whose files were being validated is validated again; a running job's stage
+process (if a killed server left it behind) is killed, then the job resumes — at its last
+checkpoint if training was under way, at the interrupted stage otherwise — or, if training had not
+reached a checkpoint, fails saying so. Succeeded jobs' adapters are loaded again with the base model.
+One server per platform database runs the queue (the workspaces are on its disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recipes import LatheError
+from serving.errors import invalid_request, not_found
+from serving.files import FINE_TUNE_PURPOSE, file_content, get_file
+from serving.fine_tuning import workspace
+from serving.fine_tuning.progress import finished_checkpoints
+from serving.fine_tuning.request import CreateJob, job_spec
+from serving.fine_tuning.runner import JobRun, kill_stale_stage, training_stage
+from serving.fine_tuning.store import (ACTIVE, FINISHED, add_event, create_tables, get_job, insert_job,
+                                       jobs_with_status, new_job_id, sync_checkpoints, update_job)
+from serving.metering import UsageRecord
+
+if TYPE_CHECKING:
+    from serving.access import Platform
+    from serving.settings import ServerSettings
+    from serving.state import ServerState
+
+log = logging.getLogger("lathe.serving")
+
+ENDPOINT = "/v1/fine_tuning/jobs"  # the usage rows of training tokens
+CODE_ROOT = Path(__file__).resolve().parents[2]  # holds pipelines/: the stage processes import it from here
+
+
+class FineTuningService:
+    def __init__(self, server: "ServerSettings", state: "ServerState", platform: "Platform") -> None:
+        self.server = server
+        self.settings = server.fine_tuning
+        self.state = state
+        self.platform = platform
+        self.store = platform.store
+        self.project_root = Path.cwd()
+        self.state_dir = (self.project_root / self.settings.state_dir).resolve()
+        self.runs: dict[str, tuple[JobRun, asyncio.Task, str]] = {}
+        self.wakeup = asyncio.Event()
+        self._tracking_uri: str | None = None
+        create_tables(self.store)
+        self.base_recipe = workspace.base_recipe(self.settings.base_recipe, self.project_root)
+
+    def workspace(self, job_id: str) -> Path:
+        return self.state_dir / "jobs" / job_id
+
+    # ---- the API -----------------------------------------------------------------------
+
+    async def create(self, owner: str, body: CreateJob) -> dict[str, Any]:
+        server = self.server
+        if body.model != server.model_name:
+            raise invalid_request(f"Model '{body.model}' cannot be fine-tuned here: this server fine-tunes the base "
+                                  f"model it serves, '{server.model_name}'.", "model", "model_not_available")
+        if server.engine != "transformers":
+            raise invalid_request(f"This server's engine '{server.engine}' cannot serve LoRA adapters, so it cannot "
+                                  "serve a fine-tuned model; run the server with engine 'transformers'.", "model")
+        spec = job_spec(body)
+        files = {"training_file": self._fine_tune_file(body.training_file, owner, "training_file")}
+        if body.validation_file:
+            files["validation_file"] = self._fine_tune_file(body.validation_file, owner, "validation_file")
+        job_id = new_job_id()
+        seed = body.seed if body.seed is not None else random.randrange(2**31)
+        name = workspace.fine_tuned_model_name(server.model_name, body.suffix, job_id)
+        uri = await asyncio.to_thread(self.tracking_uri)
+        base_dir = Path(self.state.served.model_dir).resolve()  # the adapter will only fit this base
+        try:
+            await asyncio.to_thread(self._prepare, job_id, owner, files, spec, seed, name, uri, base_dir)
+        except BaseException:
+            shutil.rmtree(self.workspace(job_id), ignore_errors=True)
+            raise
+        insert_job(self.store, {
+            "id": job_id, "owner": owner, "model": server.model_name,
+            "base_model_dir": str(base_dir), "training_file": body.training_file,
+            "validation_file": body.validation_file, "spec": json.dumps(spec), "suffix": body.suffix, "seed": seed,
+            "metadata": json.dumps(body.metadata) if body.metadata is not None else None,
+            "status": "validating_files", "fine_tuned_model": name, "created_at": time.time()})
+        self.wakeup.set()
+        return get_job(self.store, job_id)
+
+    def _fine_tune_file(self, file_id: str, owner: str, param: str) -> dict[str, Any]:
+        row = get_file(self.store, file_id, owner)
+        if row is None:
+            raise invalid_request(f"No file with id '{file_id}' (upload it with POST /v1/files, purpose "
+                                  f"'{FINE_TUNE_PURPOSE}').", param, "file_not_found")
+        if row["purpose"] != FINE_TUNE_PURPOSE:
+            raise invalid_request(f"File '{file_id}' has purpose '{row['purpose']}'; fine-tuning files need purpose "
+                                  f"'{FINE_TUNE_PURPOSE}'.", param, "invalid_file_purpose")
+        return row
+
+    def _prepare(self, job_id: str, owner: str, files: dict[str, dict], spec: dict, seed: int, name: str,
+                 uri: str, base_dir: Path) -> None:
+        """The job's workspace: its files and the recipe derived from the request (a 400 if it is not valid)."""
+        folder = self.workspace(job_id)
+        paths = {}
+        for param, row in files.items():
+            path = folder / "files" / workspace.file_name(row["id"], row["filename"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(file_content(self.store, row["id"], owner))
+            paths[param] = str(path)
+        try:
+            recipe = workspace.job_recipe(self.base_recipe, job_id=job_id, spec=spec, seed=seed,
+                                          base_model_dir=base_dir,
+                                          train_file=paths["training_file"], model_name=name, tracking_uri=uri,
+                                          project_root=self.project_root, overrides=self.settings.overrides)
+        except LatheError as exc:
+            raise invalid_request(f"{exc}", "hyperparameters") from None
+        workspace.write_recipe(folder / "recipe.yaml", recipe)
+        if "validation_file" in paths:
+            workspace.write_recipe(folder / "validation" / "recipe.yaml",
+                                   workspace.with_data_file(recipe, paths["validation_file"]))
+        cache = self.state_dir / "eval-cache"  # base-model scores are reused by every job on the same base
+        cache.mkdir(parents=True, exist_ok=True)
+        (folder / ".lathe").mkdir(exist_ok=True)
+        (folder / ".lathe" / "eval-cache").symlink_to(cache, target_is_directory=True)
+
+    async def cancel(self, job_id: str, owner: str) -> dict[str, Any]:
+        job = get_job(self.store, job_id, owner)
+        if job is None:
+            raise not_found(f"No fine-tuning job with id '{job_id}'.", "fine_tuning_job_id")
+        if job["status"] in FINISHED:
+            raise invalid_request(f"Job '{job_id}' has already {job['status']}; only validating, queued or running "
+                                  "jobs can be cancelled.", "fine_tuning_job_id", "job_not_cancellable")
+        update_job(self.store, job_id, status="cancelled", finished_at=time.time(), when_status=ACTIVE,
+                   event="Job cancelled")
+        running = self.runs.get(job_id)
+        if running is not None:
+            await running[0].stop()  # the stage's process group; its finished checkpoints stay
+        kept = self._record_checkpoints(job)
+        if kept:
+            add_event(self.store, job_id, f"Kept {len(kept)} finished checkpoint(s): step(s) "
+                                          f"{', '.join(str(c.step) for c in kept)}")
+        update_job(self.store, job_id, pid=None)
+        return get_job(self.store, job_id)
+
+    # ---- the queue ---------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        await asyncio.to_thread(self.recover)
+        while True:
+            self._schedule()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), self.settings.poll_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self.wakeup.clear()
+
+    def _schedule(self) -> None:
+        for job in jobs_with_status(self.store, "validating_files"):
+            if job["id"] not in self.runs:
+                self._start(job, "validate")
+        training = sum(1 for _, _, kind in self.runs.values() if kind == "train")
+        for job in jobs_with_status(self.store, "queued"):
+            if training >= self.settings.max_concurrent_jobs:
+                break
+            if job["id"] in self.runs:
+                continue
+            if update_job(self.store, job["id"], status="running", started_at=job["started_at"] or time.time(),
+                          when_status=("queued",), event="Fine-tuning job started"):
+                self._start(get_job(self.store, job["id"]), "train")
+                training += 1
+
+    def _start(self, job: dict[str, Any], kind: str) -> None:
+        run = JobRun(self, job)
+        task = asyncio.create_task(self._guarded(run, kind))
+        self.runs[job["id"]] = (run, task, kind)
+
+    async def _guarded(self, run: JobRun, kind: str) -> None:
+        try:
+            await (run.validate() if kind == "validate" else run.train())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job's bug must not stop the queue
+            log.exception("fine-tuning job %s failed", run.id)
+            if not run.stopped:
+                run.fail("internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.runs.pop(run.id, None)
+            self.wakeup.set()
+
+    async def aclose(self) -> None:
+        """Shutdown: stop the running stages (the jobs stay `running`; the next start resumes them)."""
+        for run, task, kind in list(self.runs.values()):
+            if kind == "train":
+                add_event(self.store, run.id, "The server is shutting down: the running stage was stopped; the job "
+                                              "resumes when the server starts again", level="warn")
+            await run.stop()
+            task.cancel()
+
+    # ---- restart -----------------------------------------------------------------------
+
+    def recover(self) -> None:
+        for job in jobs_with_status(self.store, "running"):
+            folder = self.workspace(job["id"])
+            if job["pid"] and kill_stale_stage(job["pid"], folder):
+                log.warning("job %s: killed stage process %d left by the previous server", job["id"], job["pid"])
+            stage = job["stage"] or "base"
+            trainer = training_stage(json.loads(job["spec"]))
+            checkpoints = self._record_checkpoints(job)  # the killed server's stage may have saved more
+            if stage == trainer and not checkpoints:
+                message = (f"The server restarted while the job was training (stage '{stage}') before its first "
+                           "checkpoint was saved, so there is nothing to resume from; create the job again.")
+                update_job(self.store, job["id"], status="failed", finished_at=time.time(), pid=None,
+                           error={"code": "interrupted", "message": message, "param": None}, level="error",
+                           event=f"Job failed: {message}")
+                continue
+            where = (f"from the checkpoint at step {checkpoints[-1].step}" if stage == trainer
+                     else f"at stage '{stage}' (the stages before it are kept)")
+            update_job(self.store, job["id"], status="queued", pid=None, level="warn",
+                       event=f"The server restarted while stage '{stage}' was running; the job resumes {where}")
+        for job in jobs_with_status(self.store, "validating_files"):
+            add_event(self.store, job["id"], "The server restarted; validating the files again")
+
+    def _record_checkpoints(self, job: dict[str, Any]) -> list:
+        """Bring the job's checkpoint list up to what is on disk; returns the finished checkpoints."""
+        stage = training_stage(json.loads(job["spec"]))
+        found = finished_checkpoints(self.workspace(job["id"]), stage)
+        sync_checkpoints(self.store, job["id"], stage, found)
+        return found
+
+    # ---- what the stages hand back -----------------------------------------------------
+
+    def tracking_uri(self) -> str:
+        """The MLflow store jobs register into: the server's own (configured from MLFLOW_TRACKING_URI or the
+        project's sqlite:///mlflow.db when `lathe serve` did not configure one). Imports MLflow: call off the loop.
+
+        The store's tables are created here, once: MLflow creates a new sqlite store on first use, and two
+        jobs' stage processes doing that at the same moment fail ('table ... already exists')."""
+        if self._tracking_uri is None:
+            from registry import store
+
+            uri = store.current().uri
+            with store.store_lock():
+                store.client(must_exist=False).search_experiments(max_results=1)
+            self._tracking_uri = uri
+        return self._tracking_uri
+
+    def stage_env(self, job_id: str) -> dict[str, str]:
+        path = os.pathsep.join(p for p in (str(CODE_ROOT), os.environ.get("PYTHONPATH")) if p)
+        return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1",
+                "LATHE_PIPELINE_ID": job_id,  # every stage's MLflow run nests under one parent run per job
+                "MLFLOW_TRACKING_URI": self.tracking_uri()}
+
+    def file_bytes(self, file_id: str) -> int:
+        row = self.store.row("SELECT bytes FROM files WHERE id = ?", (file_id,))
+        return int(row["bytes"]) if row else 0
+
+    async def after_stage(self, job: dict[str, Any], stage: str, folder: Path, seconds: float) -> None:
+        if stage == training_stage(json.loads(job["spec"])):
+            metrics = _manifest(folder, stage)["metrics"]
+            self.bill(job, int(metrics.get("train_tokens", 0)), seconds)
+            loss = metrics.get("last_logged_loss", metrics.get("train_loss"))
+            add_event(self.store, job["id"], f"Training finished: {int(metrics.get('train_tokens', 0))} tokens, "
+                                             f"final training loss {loss:.4f}" if loss is not None else
+                      "Training finished", type="metrics", data=metrics)
+        elif stage == "evaluate":
+            scores = json.loads((folder / "artifacts/evaluate/metrics.json").read_text()).get("tuned", {})
+            summary = ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items()) if "stderr" not in k)
+            add_event(self.store, job["id"], f"Evaluation of the tuned model: {summary}" if summary else
+                      "Evaluation: no suite produced a score (report: artifacts/evaluate/report.md in the workspace)",
+                      type="metrics", data=scores)
+        elif stage == "register":
+            registered = json.loads((folder / "artifacts/register/manifest.json").read_text())
+            await asyncio.to_thread(self._tag_version, job, registered, folder)
+            update_job(self.store, job["id"], registered={"name": registered["name"], "version": registered["version"]},
+                       event=f"Registered in MLflow as {registered['name']} version {registered['version']} "
+                             "(alias candidate; promotion to champion is a separate, gated step)")
+
+    def _tag_version(self, job: dict[str, Any], registered: dict, folder: Path) -> None:
+        """Lineage on the version: the job, its files (ids and content hashes) and the served name."""
+        from registry import models
+
+        tags = {"lathe.fine_tuning_job": job["id"], "lathe.fine_tuned_model": job["fine_tuned_model"],
+                "lathe.base_model_dir": job["base_model_dir"]}
+        for param in ("training_file", "validation_file"):
+            if job[param]:
+                path = next((folder / "files").glob(f"{job[param]}.*"))
+                tags[f"lathe.{param}"] = job[param]
+                tags[f"lathe.{param}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        models.set_alias(registered["name"], "candidate", registered["version"], tags)  # register already set it
+
+    def bill(self, job: dict[str, Any], tokens: int, seconds: float) -> None:
+        """Charge the trained tokens to the job's key once (a resumed job is not billed twice)."""
+        cost = tokens * self.settings.price_per_million_tokens / 1e6
+        record = UsageRecord(key_id=job["owner"], model=job["fine_tuned_model"], endpoint=ENDPOINT,
+                             prompt_tokens=tokens, completion_tokens=0, latency_s=seconds, status=200)
+        with self.store.transaction() as conn:
+            if not conn.execute("UPDATE fine_tuning_jobs SET trained_tokens = ? WHERE id = ? AND "
+                                "trained_tokens IS NULL", (tokens, job["id"])).rowcount:
+                return
+            conn.execute("INSERT INTO usage (at, key_id, model, endpoint, prompt_tokens, completion_tokens, latency_s, "
+                         "batch, batch_id, status, cost_usd) VALUES (?, ?, ?, ?, ?, 0, ?, 0, NULL, 200, ?)",
+                         (record.at, record.key_id, record.model, ENDPOINT, tokens, seconds, cost))
+        self.platform.meter.observe(record, cost)
+        add_event(self.store, job["id"], f"Billed {tokens} trained tokens (${cost:.6f})")
+
+    async def finish(self, job: dict[str, Any], folder: Path) -> None:
+        """Serve the adapter, then mark the job succeeded (so a client that sees `succeeded` can call it)."""
+        stage = training_stage(json.loads(job["spec"]))
+        adapter = (folder / _manifest(folder, stage)["outputs"]["adapter_dir"]).resolve()
+        update_job(self.store, job["id"], adapter_dir=str(adapter))
+        name = job["fine_tuned_model"]
+        served = await self.serve_adapter(job, adapter)
+        done = update_job(self.store, job["id"], status="succeeded", stage=None, pid=None, finished_at=time.time(),
+                          when_status=("running",),
+                          event=f"The job has successfully completed: model {name}" +
+                                ("" if served else " (registered, but not served by this server: see above)"))
+        if not done:  # cancelled in the meantime
+            self.server.adapters.pop(name, None)
+
+    async def serve_adapter(self, job: dict[str, Any], adapter: Path) -> bool:
+        """Load the adapter onto the running engine's base and add its name to the served models."""
+        if Path(self.state.served.model_dir).resolve() != Path(job["base_model_dir"]):
+            add_event(self.store, job["id"], f"Not served: this server's base model is now "
+                                             f"{self.state.served.model_dir}, not the {job['base_model_dir']} the "
+                                             "adapter was trained on", "warn")
+            return False
+        add_adapter = getattr(self.state.served.engine, "add_adapter", None)
+        if add_adapter is None:
+            add_event(self.store, job["id"], "Not served: this engine cannot load adapters at run time", "warn")
+            return False
+        await add_adapter(job["fine_tuned_model"], adapter)
+        # ServerSettings.adapters is what names the served models (state.adapter_for, /v1/models) and what an
+        # engine created later (a hot swap) loads: one mutable dict, shared by every holder of the settings.
+        self.server.adapters[job["fine_tuned_model"]] = adapter
+        return True
+
+
+def _manifest(folder: Path, stage: str) -> dict[str, Any]:
+    return json.loads((folder / "artifacts" / stage / "manifest.json").read_text())
+
+
+def restore_adapters(settings: "ServerSettings") -> dict[str, Path]:
+    """{fine_tuned_model: adapter dir} of the succeeded jobs trained on this server's base model, read before
+    the engine is created so that it loads them with the base (a restart keeps serving them)."""
+    db = Path(settings.platform.db_path)
+    if not settings.fine_tuning.enabled or settings.engine != "transformers" or not db.exists():
+        return {}
+    base = str(Path(settings.model_dir).resolve())
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT fine_tuned_model, adapter_dir FROM fine_tuning_jobs WHERE status = 'succeeded' "
+                                "AND base_model_dir = ? ORDER BY seq", (base,)).fetchall()
+    except sqlite3.OperationalError:  # no fine-tuning table yet
+        return {}
+    found = {name: Path(adapter) for name, adapter in rows if adapter and Path(adapter).is_dir()}
+    if len(found) < len(rows):
+        log.warning("%d fine-tuned adapter(s) are gone from disk and are not served", len(rows) - len(found))
+    return found

@@ -1,0 +1,202 @@
+"""Fine-tuning jobs, their events and checkpoints, as tables of the platform's SQLite database.
+
+Everything a restarted server needs is here: the job's status, the stage it was running (and the
+process running it), the stages already done, and whether its tokens were billed. The API objects
+(`fine_tuning.job`, `.event`, `.checkpoint`) are built from these rows.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from serving.store import Store
+
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS fine_tuning_jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,                 -- the key that created it ('anonymous' when auth is off)
+        model TEXT NOT NULL,                 -- the served base model's name
+        base_model_dir TEXT NOT NULL,        -- the directory that base was loaded from (the adapter's base)
+        training_file TEXT NOT NULL,
+        validation_file TEXT,
+        spec TEXT NOT NULL,                  -- JSON: method + requested settings (request.job_spec)
+        suffix TEXT,
+        seed INTEGER NOT NULL,
+        metadata TEXT,
+        status TEXT NOT NULL,                -- validating_files, queued, running, succeeded, failed, cancelled
+        stage TEXT,                          -- the pipeline stage running now (or when the server stopped)
+        done_stages TEXT NOT NULL DEFAULT '[]',
+        pid INTEGER,                         -- the stage process (and process group) while one runs
+        error TEXT,                          -- JSON {code, message, param} when failed
+        fine_tuned_model TEXT NOT NULL,      -- the name it is served under once it succeeded
+        registered TEXT,                     -- JSON {name, version} in the MLflow registry
+        adapter_dir TEXT,                    -- the trained LoRA adapter (served as fine_tuned_model)
+        trained_tokens INTEGER,              -- set once, when the tokens are billed
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS fine_tuning_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        type TEXT NOT NULL,                  -- message or metrics
+        data TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS fine_tuning_events_by_job ON fine_tuning_events(job_id, seq)",
+    """CREATE TABLE IF NOT EXISTS fine_tuning_checkpoints (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (job_id, stage, step)
+    )""",
+)
+
+ACTIVE = ("validating_files", "queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def create_tables(store: Store) -> None:
+    with store.transaction() as conn:
+        for statement in TABLES:
+            conn.execute(statement)
+
+
+def new_job_id() -> str:
+    return f"ftjob-{secrets.token_hex(12)}"
+
+
+def insert_job(store: Store, row: dict[str, Any]) -> None:
+    columns = ", ".join(row)
+    with store.transaction() as conn:
+        conn.execute(f"INSERT INTO fine_tuning_jobs ({columns}) VALUES ({', '.join(':' + c for c in row)})", row)
+        _event(conn, row["id"], "Created fine-tuning job", created_at=row["created_at"])
+
+
+def get_job(store: Store, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
+    if owner is None:
+        row = store.row("SELECT * FROM fine_tuning_jobs WHERE id = ?", (job_id,))
+    else:
+        row = store.row("SELECT * FROM fine_tuning_jobs WHERE id = ? AND owner = ?", (job_id, owner))
+    return dict(row) if row else None
+
+
+def jobs_with_status(store: Store, *statuses: str) -> list[dict[str, Any]]:
+    marks = ", ".join("?" * len(statuses))
+    return [dict(r) for r in store.rows(f"SELECT * FROM fine_tuning_jobs WHERE status IN ({marks}) ORDER BY seq",
+                                        statuses)]
+
+
+def update_job(store: Store, job_id: str, *, event: str | None = None, level: str = "info",
+               when_status: tuple[str, ...] | None = None, **fields: Any) -> bool:
+    """Set `fields` (and add `event`) in one transaction; with `when_status`, only if the job's status is one of
+    those (so a cancel and a finishing stage cannot both win). Returns whether the job was updated."""
+    fields = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()}
+    sql = f"UPDATE fine_tuning_jobs SET {', '.join(f'{k} = :{k}' for k in fields)} WHERE id = :job_id"
+    if when_status:
+        sql += f" AND status IN ({', '.join(repr(s) for s in when_status)})"
+    with store.transaction() as conn:
+        changed = conn.execute(sql, {**fields, "job_id": job_id}).rowcount if fields else 1
+        if changed and event:
+            _event(conn, job_id, event, level)
+    return bool(changed)
+
+
+def add_event(store: Store, job_id: str, message: str, level: str = "info", type: str = "message",
+              data: dict | None = None) -> None:
+    with store.transaction() as conn:
+        _event(conn, job_id, message, level, type, data)
+
+
+def _event(conn, job_id: str, message: str, level: str = "info", type: str = "message", data: dict | None = None,
+           created_at: float | None = None) -> None:
+    conn.execute("INSERT INTO fine_tuning_events (id, job_id, created_at, level, message, type, data) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (f"ftevent-{secrets.token_hex(12)}", job_id, created_at or time.time(), level, message, type,
+                  json.dumps(data) if data is not None else None))
+
+
+def sync_checkpoints(store: Store, job_id: str, stage: str, found: list) -> None:
+    """Make the job's checkpoint list the stage's finished checkpoints on disk (`progress.Checkpoint`s): a new
+    one is added with a `Checkpoint created` event; one the trainer rotated away (it keeps the last
+    `save_total_limit`) leaves the list, which only names checkpoints that exist. The events keep the history."""
+    with store.transaction() as conn:
+        known = {row[0] for row in conn.execute("SELECT step FROM fine_tuning_checkpoints WHERE job_id = ? AND "
+                                                "stage = ?", (job_id, stage))}
+        steps = {ckpt.step for ckpt in found}
+        for step in known - steps:
+            conn.execute("DELETE FROM fine_tuning_checkpoints WHERE job_id = ? AND stage = ? AND step = ?",
+                         (job_id, stage, step))
+        for ckpt in found:
+            if ckpt.step in known:
+                continue
+            conn.execute("INSERT INTO fine_tuning_checkpoints (id, job_id, stage, step, path, metrics, created_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (f"ftckpt-{secrets.token_hex(12)}", job_id, stage, ckpt.step,
+                                                          str(ckpt.path), json.dumps(ckpt.metrics), time.time()))
+            _event(conn, job_id, f"Checkpoint created at step {ckpt.step}", type="metrics",
+                   data={"step": ckpt.step, **ckpt.metrics})
+
+
+def page(store: Store, table: str, where: str, params: list, after: str | None, limit: int) -> tuple[list[dict], bool]:
+    """Newest first; `after` is the id of the last item of the previous page (OpenAI's cursor)."""
+    sql = f"SELECT * FROM {table} WHERE {where}"
+    if after:
+        sql += f" AND seq < (SELECT seq FROM {table} WHERE id = ?)"
+        params = [*params, after]
+    rows = store.rows(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit + 1])
+    return [dict(r) for r in rows[:limit]], len(rows) > limit
+
+
+def list_object(data: list[dict]) -> dict[str, Any]:
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
+
+
+# ---------------------------------------------------------------- API objects
+
+def job_object(job: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI `fine_tuning.job` object (plus `registered_model`: where the result lives in MLflow)."""
+    spec = json.loads(job["spec"])
+    auto = lambda key: spec.get(key) if spec.get(key) is not None else "auto"  # noqa: E731
+    hyper = {"batch_size": auto("batch_size"), "learning_rate_multiplier": auto("learning_rate_multiplier"),
+             "n_epochs": auto("n_epochs")}
+    method_hyper = {**hyper, "beta": auto("beta")} if spec["method"] == "dpo" else hyper
+    stamp = lambda key: int(job[key]) if job[key] is not None else None  # noqa: E731
+    return {
+        "id": job["id"], "object": "fine_tuning.job", "model": job["model"], "created_at": stamp("created_at"),
+        "finished_at": stamp("finished_at"),
+        "fine_tuned_model": job["fine_tuned_model"] if job["status"] == "succeeded" else None,
+        "organization_id": job["owner"], "result_files": [], "status": job["status"],
+        "validation_file": job["validation_file"], "training_file": job["training_file"],
+        "hyperparameters": hyper, "trained_tokens": job["trained_tokens"],
+        "error": json.loads(job["error"]) if job["error"] else None, "seed": job["seed"],
+        "estimated_finish": None, "integrations": [], "user_provided_suffix": job["suffix"],
+        "metadata": json.loads(job["metadata"]) if job["metadata"] else None,
+        "method": {"type": spec["method"], spec["method"]: {"hyperparameters": method_hyper}},
+        "registered_model": json.loads(job["registered"]) if job["registered"] else None,
+    }
+
+
+def event_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "fine_tuning.job.event", "created_at": int(row["created_at"]),
+            "level": row["level"], "message": row["message"], "type": row["type"],
+            "data": json.loads(row["data"]) if row["data"] else None}
+
+
+def checkpoint_object(row: dict[str, Any], fine_tuned_model: str) -> dict[str, Any]:
+    return {"id": row["id"], "object": "fine_tuning.job.checkpoint", "created_at": int(row["created_at"]),
+            "fine_tuning_job_id": row["job_id"], "step_number": row["step"],
+            "fine_tuned_model_checkpoint": f"{fine_tuned_model}:ckpt-step-{row['step']}",
+            "metrics": {"step": float(row["step"]), **json.loads(row["metrics"])}}

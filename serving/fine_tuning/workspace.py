@@ -1,0 +1,157 @@
+"""A job's workspace and recipe.
+
+Why a workspace of stage commands and not `dvc exp run`: an experiment needs a copy of the whole
+repository (git + DVC cache) per job, and reruns nothing the job does not already know it must run. A
+job is always a fresh run of the same stages on new data, so the server runs them directly — the
+stage commands of dvc.yaml (`lathe base|sft|preference|rl|evaluate|register`), with cwd = the job's
+workspace. The stages write `./artifacts/<stage>/manifest.json` and `./.lathe/checkpoints/` relative
+to cwd, so each job has its own, and nothing in the project's artifacts/ is touched:
+
+    <state_dir>/jobs/<job id>/
+        files/<file id>.jsonl    the uploaded training (and validation) file
+        recipe.yaml              base recipe + the request's settings + the server's overrides
+        validation/              a data run of the validation file (its rows become sft_val/pref_val)
+        logs/<stage>.log         each stage's output
+        artifacts/, .lathe/checkpoints/   what the stages write; .lathe/eval-cache is shared by all jobs
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recipes import LatheError, Recipe, apply_overrides
+from recipes.loader import load_recipe, resolve_recipe_path
+
+SUPPORTED_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet")
+
+
+def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
+    """`<base>:ft-<suffix>-<id>` (the served name), unique per job by the tail of its id."""
+    tail = job_id.rsplit("-", 1)[-1][-8:]
+    return f"{base}:ft-{suffix}-{tail}" if suffix else f"{base}:ft-{tail}"
+
+
+def registry_name(fine_tuned_model: str) -> str:
+    """MLflow refuses '/' and ':' in registered model names (and Lathe '@' and quotes)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", fine_tuned_model)
+
+
+def file_name(file_id: str, uploaded_name: str) -> str:
+    """The data stage picks the reader by extension: keep the upload's, .jsonl when it has none we read."""
+    suffix = next((s for s in SUPPORTED_SUFFIXES if uploaded_name.lower().endswith(s)), ".jsonl")
+    return f"{file_id}{suffix}"
+
+
+def base_recipe(path_or_name: str, project_root: Path) -> dict[str, Any]:
+    """The base recipe as a plain mapping: a path (relative ones against the project root) or a name under
+    recipes/. Validated here, so a broken base recipe stops the server at start, naming file, line and key."""
+    path = Path(path_or_name)
+    if not path.is_absolute() and (project_root / path).exists():
+        path = project_root / path
+    path = resolve_recipe_path(path)
+    load_recipe(path)
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed: int, base_model_dir: Path,
+               train_file: str,
+               model_name: str, tracking_uri: str, project_root: Path, overrides: list[str]) -> dict[str, Any]:
+    """The recipe a job runs: `base` with the served model, the uploaded file (and nothing else) as data,
+    the request's settings on the training stage, and `overrides` last. Raises LatheError (bad values)."""
+    recipe = apply_overrides(base, [])  # a deep copy
+    dpo = spec["method"] == "dpo"
+    stage = "preference" if dpo else "sft"
+    recipe["name"] = job_id
+    recipe["model"] = {**recipe.get("model", {}), "id": str(base_model_dir), "revision": None}
+    data = recipe.setdefault("data", {})
+    data.update({"sft": [] if dpo else [{"path": train_file}], "preference": [{"path": train_file}] if dpo else [],
+                 "validation_fraction": 0.0, "seed": seed,
+                 "on_bad_row": "skip"})  # skip: every bad row is found and named, not only the first
+    data["skills"] = {**data.get("skills", {}), "enabled": False}
+    train = recipe.setdefault(stage, {})
+    train.update({"enabled": True, "logging_steps": 1, "merge": True, "seed": seed})  # merged: evaluate, register
+    if train.get("method") == "full":
+        train["method"] = "lora"  # the result is served as an adapter on the loaded base
+    _apply_spec(train, spec, stage)
+    if dpo:
+        recipe.setdefault("sft", {})["enabled"] = False  # the sft stage passes the base through
+    else:
+        recipe.setdefault("preference", {})["enabled"] = False
+    recipe.setdefault("rl", {})["enabled"] = False
+    evaluation = recipe.setdefault("eval", {})
+    mirror = Path(evaluation.get("mirror_dir", "../shared/data"))
+    evaluation["mirror_dir"] = str(mirror if mirror.is_absolute() else (project_root / mirror).resolve())
+    recipe["registry"] = {**recipe.get("registry", {}), "model_name": registry_name(model_name),
+                          "tracking_uri": tracking_uri}
+    recipe = apply_overrides(recipe, overrides)
+    check(recipe)
+    return recipe
+
+
+def _apply_spec(train: dict[str, Any], spec: dict[str, Any], stage: str) -> None:
+    lora = train.setdefault("lora", {})
+    for key, target in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
+                        ("target_modules", "target_modules")):
+        if spec.get(key) is not None:
+            lora[target] = spec[key]
+    if spec.get("n_epochs") is not None:
+        train["epochs"], train["max_steps"] = spec["n_epochs"], -1
+    if spec.get("batch_size") is not None:
+        train["batch_size"] = spec["batch_size"]
+    if spec.get("learning_rate") is not None:
+        train["learning_rate"] = spec["learning_rate"]
+    elif spec.get("learning_rate_multiplier") is not None:
+        base_lr = train.get("learning_rate") or Recipe().model_dump()[stage]["learning_rate"]
+        train["learning_rate"] = float(base_lr) * spec["learning_rate_multiplier"]
+    if spec.get("warmup_ratio") is not None:
+        train["warmup_ratio"] = spec["warmup_ratio"]
+    if spec.get("beta") is not None:
+        train["beta"] = spec["beta"]
+    if spec.get("train_on_inputs") is not None and stage == "sft":
+        train["assistant_only_loss"] = not spec["train_on_inputs"]
+
+
+def check(recipe: dict[str, Any]) -> Recipe:
+    from pydantic import ValidationError
+
+    try:
+        return Recipe.model_validate(recipe)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise LatheError(f"the job's recipe is not valid: {problems}") from None
+
+
+def with_data_file(recipe: dict[str, Any], path: str) -> dict[str, Any]:
+    """The same recipe reading `path` instead of the training file (the validation file's own data run)."""
+    copy = apply_overrides(recipe, [])
+    kind = "preference" if copy["data"]["preference"] else "sft"
+    copy["data"][kind] = [{"path": path}]
+    return copy
+
+
+def save_steps(recipe: dict[str, Any], train_rows: int, n_checkpoints: int) -> int:
+    """Steps between checkpoints so that a run saves `n_checkpoints` of them (the last one at its end)."""
+    parsed = check(recipe)
+    train = parsed.preference if parsed.data.preference else parsed.sft
+    devices = parsed.distributed.gpus_per_node * parsed.distributed.nodes
+    if train.max_steps > 0:
+        total = train.max_steps
+    else:
+        total = math.ceil(math.ceil(train_rows / (train.batch_size * train.grad_accum * devices)) * train.epochs)
+    return max(1, math.ceil(total / n_checkpoints))
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    tmp.replace(path)
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())

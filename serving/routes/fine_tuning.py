@@ -1,0 +1,69 @@
+"""The fine-tuning jobs API (OpenAI's, with Together's create fields): POST /v1/fine_tuning/jobs,
+GET /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id}, POST /v1/fine_tuning/jobs/{id}/cancel,
+GET /v1/fine_tuning/jobs/{id}/events, GET /v1/fine_tuning/jobs/{id}/checkpoints.
+Jobs belong to the key that created them; other keys get 404. The work: serving/fine_tuning/."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from serving.access import get_caller
+from serving.errors import not_found
+from serving.fine_tuning.request import CreateJob
+from serving.fine_tuning.service import FineTuningService
+from serving.fine_tuning.store import checkpoint_object, event_object, get_job, job_object, list_object, page
+
+router = APIRouter()
+
+
+def get_service(request: Request) -> FineTuningService:
+    service = getattr(request.app.state, "fine_tuning", None)
+    if service is None:
+        raise not_found("Fine-tuning is not enabled on this server (ServerSettings.fine_tuning.enabled).")
+    return service
+
+
+def _owned_job(service: FineTuningService, request: Request, job_id: str) -> dict:
+    job = get_job(service.store, job_id, get_caller(request).key_id)
+    if job is None:
+        raise not_found(f"No fine-tuning job with id '{job_id}'.", "fine_tuning_job_id")
+    return job
+
+
+@router.post("/v1/fine_tuning/jobs")
+async def create_job(body: CreateJob, request: Request, service: FineTuningService = Depends(get_service)) -> dict:
+    return job_object(await service.create(get_caller(request).key_id, body))
+
+
+@router.get("/v1/fine_tuning/jobs")
+async def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100),
+                    service: FineTuningService = Depends(get_service)) -> dict:
+    rows, has_more = page(service.store, "fine_tuning_jobs", "owner = ?", [get_caller(request).key_id], after, limit)
+    return {**list_object([job_object(row) for row in rows]), "has_more": has_more}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}")
+async def retrieve_job(job_id: str, request: Request, service: FineTuningService = Depends(get_service)) -> dict:
+    return job_object(_owned_job(service, request, job_id))
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, request: Request, service: FineTuningService = Depends(get_service)) -> dict:
+    return job_object(await service.cancel(job_id, get_caller(request).key_id))
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/events")
+async def list_events(job_id: str, request: Request, after: str | None = None,
+                      limit: int = Query(20, ge=1, le=1000), service: FineTuningService = Depends(get_service)) -> dict:
+    _owned_job(service, request, job_id)
+    rows, has_more = page(service.store, "fine_tuning_events", "job_id = ?", [job_id], after, limit)
+    return {**list_object([event_object(row) for row in rows]), "has_more": has_more}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+async def list_checkpoints(job_id: str, request: Request, after: str | None = None,
+                           limit: int = Query(10, ge=1, le=100),
+                           service: FineTuningService = Depends(get_service)) -> dict:
+    job = _owned_job(service, request, job_id)
+    rows, has_more = page(service.store, "fine_tuning_checkpoints", "job_id = ?", [job_id], after, limit)
+    return {**list_object([checkpoint_object(row, job["fine_tuned_model"]) for row in rows]), "has_more": has_more}

@@ -1,0 +1,164 @@
+"""The fine-tuning API's pure parts, without a server: the create request (OpenAI and Together fields),
+the recipe a job runs, checkpoint spacing, names, and what the stage output and checkpoint folders say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recipes import LatheError, load_recipe
+from serving.errors import APIError
+from serving.fine_tuning import progress, workspace
+from serving.fine_tuning.request import CreateJob, job_spec
+from serving.fine_tuning.runner import stage_error
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec(**body):
+    return job_spec(CreateJob(model="tiny", training_file="file-1", **body))
+
+
+def recipe_for(spec_, overrides=(), **kwargs):
+    base = workspace.base_recipe("default", ROOT)
+    return workspace.job_recipe(base, job_id="ftjob-abc", spec=spec_, seed=7, base_model_dir=Path("/models/base"),
+                                train_file="/ws/files/file-1.jsonl", model_name="tiny:ft-x-abc",
+                                tracking_uri="sqlite:///m.db",
+                                project_root=ROOT, overrides=list(overrides), **kwargs)
+
+
+def test_openai_and_together_fields_merge_into_one_spec():
+    s = spec(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2, "batch_size": "auto"}}},
+             lora_r=8, lora_alpha=16, lora_trainable_modules="q_proj, v_proj", n_checkpoints=3)
+    assert s["method"] == "dpo" and s["beta"] == 0.2 and s["n_epochs"] == 2 and s["batch_size"] is None
+    assert s["lora_r"] == 8 and s["target_modules"] == ["q_proj", "v_proj"] and s["n_checkpoints"] == 3
+    together = spec(training_method={"method": "dpo", "dpo_beta": 0.3}, n_epochs=1, learning_rate=1e-4)
+    assert together["method"] == "dpo" and together["beta"] == 0.3 and together["learning_rate"] == 1e-4
+    assert spec()["method"] == "supervised"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"hyperparameters": {"n_epochs": 2}, "n_epochs": 3}, "n_epochs"),
+    ({"method": {"type": "reinforcement"}}, "method.type"),
+    ({"method": {"type": "supervised"}, "training_method": {"method": "dpo"}}, "training_method.method"),
+    ({"lora": False}, "lora"),
+    ({"learning_rate": 1e-4, "hyperparameters": {"learning_rate_multiplier": 2}}, "learning_rate"),
+    ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
+    ({"suffix": "no spaces allowed"}, "suffix"),
+])
+def test_contradictions_and_unsupported_settings_are_400s_naming_the_field(body, param):
+    with pytest.raises(APIError) as caught:
+        spec(**body)
+    assert caught.value.status_code == 400 and caught.value.param == param
+
+
+def test_a_supervised_job_recipe_trains_the_served_base_on_the_uploaded_file_only():
+    recipe = recipe_for(spec(hyperparameters={"learning_rate_multiplier": 0.5, "n_epochs": 2}, lora_r=4),
+                        overrides=["sft.batch_size=2"])
+    parsed = workspace.check(recipe)
+    default = load_recipe("default")
+    assert parsed.name == "ftjob-abc" and parsed.model.id == "/models/base"
+    assert [d.path for d in parsed.data.sft] == ["/ws/files/file-1.jsonl"] and parsed.data.preference == []
+    assert not parsed.data.skills.enabled and parsed.data.validation_fraction == 0 and parsed.data.on_bad_row == "skip"
+    assert parsed.sft.learning_rate == pytest.approx(default.sft.learning_rate * 0.5)
+    assert parsed.sft.epochs == 2 and parsed.sft.max_steps == -1 and parsed.sft.lora.r == 4 and parsed.sft.seed == 7
+    assert parsed.sft.batch_size == 2  # the server's overrides come last
+    assert parsed.sft.merge and not parsed.preference.enabled and not parsed.rl.enabled
+    assert parsed.registry.model_name == "tiny-ft-x-abc" and parsed.registry.tracking_uri == "sqlite:///m.db"
+    assert Path(parsed.eval.mirror_dir).is_absolute()
+    assert parsed.eval.suites == default.eval.suites  # evaluated with the base recipe's suites
+
+
+def test_a_dpo_job_recipe_passes_sft_through_and_trains_the_preference_stage():
+    parsed = workspace.check(recipe_for(spec(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25}}})))
+    assert not parsed.sft.enabled and parsed.preference.enabled and parsed.preference.beta == 0.25
+    assert [d.path for d in parsed.data.preference] == ["/ws/files/file-1.jsonl"] and parsed.data.sft == []
+    assert workspace.with_data_file(recipe_for(spec(method={"type": "dpo"})), "/v.jsonl")["data"]["preference"] == \
+        [{"path": "/v.jsonl"}]
+
+
+def test_a_bad_override_or_value_is_a_lathe_error_naming_the_key():
+    with pytest.raises(LatheError, match="sft.learnin_rate"):
+        recipe_for(spec(), overrides=["sft.learnin_rate=1"])
+
+
+def test_checkpoints_are_spread_over_the_planned_steps():
+    recipe = recipe_for(spec(n_epochs=2, batch_size=4))
+    assert workspace.save_steps(recipe, train_rows=10, n_checkpoints=1) == 6  # ceil(10/4)=3 steps x 2 epochs
+    assert workspace.save_steps(recipe, train_rows=10, n_checkpoints=3) == 2
+    assert workspace.save_steps(recipe_for(spec(), overrides=["sft.max_steps=5"]), 1000, 2) == 3
+
+
+def test_names():
+    assert workspace.fine_tuned_model_name("tiny", "support", "ftjob-0123456789abcdef") == "tiny:ft-support-89abcdef"
+    assert workspace.fine_tuned_model_name("tiny", None, "ftjob-0123456789abcdef") == "tiny:ft-89abcdef"
+    assert workspace.registry_name("org/model:ft-a-1") == "org-model-ft-a-1"
+    assert workspace.file_name("file-1", "data.PARQUET") == "file-1.parquet"
+    assert workspace.file_name("file-1", "upload") == "file-1.jsonl"
+
+
+def test_trainer_logs_become_numbered_metrics_events():
+    line = ("{'loss': '6.25', 'grad_norm': '3.185', 'learning_rate': '0', 'mean_token_accuracy': '0.5', "
+            "'num_tokens': '216', 'epoch': '0.5', 'num_input_tokens_seen': 216}")
+    metrics = progress.logged_metrics(" 50%|█████     | 1/2 [00:02<00:02,  2.63s/it]" + line)
+    assert metrics["train_loss"] == 6.25 and metrics["train_mean_token_accuracy"] == 0.5
+    assert progress.logged_metrics("{'train_runtime': '3.0', 'train_loss': '6.2'}") is None  # the summary line
+    assert progress.logged_metrics("Tokenizing train dataset: 100%") is None
+    counter = progress.StepCounter(step=4, total=6)  # resumed after the checkpoint at step 4
+    message, data = counter.event(metrics)
+    assert message == "Step 5/6: training loss=6.2500" and data["step"] == 5
+    assert progress.split_lines("a\r b\n\nc") == ["a", " b", "c"]
+
+
+def test_only_finished_checkpoints_count(tmp_path):
+    root = tmp_path / ".lathe/checkpoints/artifacts/sft-0123"
+
+    def checkpoint(step, state_step=None, weights=True, state=True):
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if weights:
+            (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if state:
+            history = [{"step": 1, "loss": 2.0}, {"step": step, "loss": 1.5, "mean_token_accuracy": 0.7},
+                       {"step": step + 1, "loss": 0.1}]
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": state_step or step,
+                                                                   "log_history": history}))
+
+    checkpoint(2)
+    checkpoint(4)
+    checkpoint(6, state=False)  # being written
+    checkpoint(8, state_step=7)  # a mismatched (half-written) one
+    checkpoint(10, weights=False)
+    found = progress.finished_checkpoints(tmp_path, "sft")
+    assert [c.step for c in found] == [2, 4]
+    assert found[-1].metrics == {"train_loss": 1.5, "train_mean_token_accuracy": 0.7}
+    assert progress.finished_checkpoints(tmp_path, "preference") == []
+
+
+def test_a_stage_failure_is_reported_by_its_own_error_line():
+    assert stage_error(["noise", "lathe sft: error: out of memory", "more"]) == "lathe sft: error: out of memory"
+    assert stage_error(["Traceback (most recent call last):", "  File x", "sqlalchemy.exc.OperationalError: (sqlite3."
+                        "OperationalError) table t already exists", "[SQL: CREATE TABLE t (", ")]"]) == \
+        "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) table t already exists"
+    assert stage_error(["a", "b"]) == "a | b"
+
+
+def test_the_checkpoint_list_follows_the_disk_and_the_events_keep_the_history(tmp_path):
+    from serving.fine_tuning.store import create_tables, page, sync_checkpoints
+    from serving.store import Store
+
+    store = Store(tmp_path / "platform.db")
+    create_tables(store)
+
+    def ckpt(step):
+        return progress.Checkpoint("sft", step, tmp_path / f"checkpoint-{step}", {"train_loss": 1.0})
+
+    sync_checkpoints(store, "ftjob-1", "sft", [ckpt(2), ckpt(4)])
+    sync_checkpoints(store, "ftjob-1", "sft", [ckpt(4), ckpt(6)])  # the trainer rotated checkpoint-2 away
+    rows, _ = page(store, "fine_tuning_checkpoints", "job_id = ?", ["ftjob-1"], None, 10)
+    assert sorted(r["step"] for r in rows) == [4, 6]
+    events, _ = page(store, "fine_tuning_events", "job_id = ?", ["ftjob-1"], None, 10)
+    assert [e["message"] for e in reversed(events)] == [f"Checkpoint created at step {s}" for s in (2, 4, 6)]
+    store.close()
