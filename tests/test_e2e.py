@@ -62,7 +62,7 @@ def project(tmp_path_factory) -> Path:
     params["eval"]["mirror_dir"] = str(SHARED_DATA)  # the copy is not beside ../shared
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     started = time.time()
-    out = _run([str(BIN / "lathe"), "demo"], proj, timeout=1500)
+    out = _run([str(BIN / "lathe"), "demo"], proj, timeout=2400)
     print(f"lathe demo took {time.time() - started:.0f} s\n{out[-2000:]}")
     (proj / "demo.out").write_text(out)
     return proj
