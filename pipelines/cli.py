@@ -122,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in TRAINING_STAGES:
             from pipelines import launch
 
-            launch.end_process_group()  # every rank of a launched run waits for rank 0, then closes the group
+            if launch.end_process_group():  # every rank of a launched run waits for rank 0, then closes the group
+                # Leave without interpreter teardown: gloo/DeepSpeed worker threads still alive at that point
+                # abort the process ("terminate called without an active exception") and fail the launch,
+                # although every file is written. All output is flushed first.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
         return code
     except LatheError as exc:
         if args.debug:

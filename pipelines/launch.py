@@ -201,12 +201,15 @@ def end_zero3_init() -> None:
     unset_hf_deepspeed_config()
 
 
-def end_process_group() -> None:
+def end_process_group() -> bool:
     """At the end of a launched stage, on every rank: wait for the others (rank 0 still writes the manifest
     and merges), then close the process group. A rank that just exits with the group open can abort in
-    gloo's teardown ("terminate called without an active exception"), failing the whole launch."""
+    gloo's teardown ("terminate called without an active exception"), failing the whole launch.
+    Returns whether this process was part of a launched (multi-process) run."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
