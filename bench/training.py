@@ -2,15 +2,16 @@
 (999 rows, 48-751 tokens with the chat template, median 162) and SmolLM2-135M + LoRA (the recipe's
 defaults: r 16, all linear layers), float32 on CPU:
 
-1. packing: TRL SFT with `packing=True` (best-fit bins, padding-free batches) vs padding to the
-   longest row of each batch. Measured in *effective* tokens/s: tokens that are not padding.
-   Goal ≥ 2×.
+1. packing: TRL SFT with `packing=True` (best-fit bins, padding-free batches: what Lathe's
+   `sft.packing: true` runs) vs padding to the longest row of each batch, plus TRL's `wrapped`
+   packing for reference. Measured in *effective* tokens/s: tokens that are not padding, with
+   padding's fill taken over the whole epoch (see packing_arm). Goal ≥ 2×.
 2. stage: Lathe's SFT stage (`pipelines.sft.run_sft`, reading manifests, writing the adapter and its
    manifest) vs a bare TRL SFTTrainer script with the same settings doing the same work (load, train,
    save the adapter). Goal: Lathe's end-to-end tokens/s ≥ 0.95× the bare script's.
 
-    python -m bench.training            # ~4 min on 2 quiet cores
-    python -m bench.training --quick    # ~2 min
+    python -m bench.training            # ~5.5 min on 2 quiet cores
+    python -m bench.training --quick    # ~2.5 min
     python -m bench.training --part packing --profile   # + the same tokens in three layouts, outside TRL
 
 Writes bench/results/training.json.
