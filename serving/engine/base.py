@@ -79,6 +79,21 @@ class GenerationStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class LoadState:
+    """Whether an engine's model has loaded, or why loading failed (every engine loads in the background)."""
+
+    _ready: bool = False
+    _load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def load_error(self) -> str | None:
+        return self._load_error
+
+
 class Engine(Protocol):
     tokenizer: "PreTrainedTokenizerBase"
     max_model_len: int

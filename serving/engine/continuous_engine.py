@@ -20,12 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from serving.engine.base import EngineFinish, GeneratedToken, SamplingParams, TokenLogprob
+from serving.engine.base import EngineFinish, GeneratedToken, LoadState, SamplingParams, TokenLogprob
 
 log = logging.getLogger("lathe.serving")
 
 
-class ContinuousBatchingEngine:
+class ContinuousBatchingEngine(LoadState):
     unsupported = frozenset({"min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
                              "logprobs", "top_logprobs", "prompt_logprobs", "guide", "adapter"})
 
@@ -38,20 +38,10 @@ class ContinuousBatchingEngine:
         self._max_model_len_setting = max_model_len
         self._max_batch_size = max_batch_size
         self._manager: Any = None
-        self._ready = False
-        self._load_error: str | None = None
         self._streams: set[_CBStream] = set()
         self.tokenizer: Any = None
         self.max_model_len = 0
         self.vocab_size = 0
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
-    @property
-    def load_error(self) -> str | None:
-        return self._load_error
 
     @property
     def num_running(self) -> int:

@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.generation.streamers import BaseStreamer
 
-from serving.engine.base import EngineFinish, GeneratedToken, SamplingParams, TokenLogprob
+from serving.engine.base import EngineFinish, GeneratedToken, LoadState, SamplingParams, TokenLogprob
 from serving.engine.processors import GuidedDecoding, LogprobRecorder, OpenAIPenalties
 
 log = logging.getLogger("lathe.serving")
@@ -32,7 +32,7 @@ log = logging.getLogger("lathe.serving")
 _LOGPROB_CHUNK = 256  # prompt positions per log_softmax, so long prompts do not hold seq x vocab twice
 
 
-class TransformersEngine:
+class TransformersEngine(LoadState):
     unsupported: frozenset[str] = frozenset()
 
     def __init__(self, model_dir: Path, *, device: str = "auto", dtype: str = "auto", torch_threads: int = 1,
@@ -48,8 +48,6 @@ class TransformersEngine:
         self._active: set[threading.Event] = set()  # cancel flags of running generations
         self._submitted = 0  # generations handed to the worker and not finished (running or waiting)
         self._ll_tokenizer: Any = None  # llguidance's view of the vocabulary, built on first use
-        self._ready = False
-        self._load_error: str | None = None
         self.tokenizer: Any = None
         self.model: Any = None
         self.max_model_len = 0
@@ -60,14 +58,6 @@ class TransformersEngine:
     def _init_worker(self) -> None:
         # The intra-op pool size is what decides CPU speed here; set it in the thread that runs torch.
         torch.set_num_threads(self._threads)
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
-    @property
-    def load_error(self) -> str | None:
-        return self._load_error
 
     @property
     def num_running(self) -> int:

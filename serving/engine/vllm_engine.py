@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from recipes import LatheError
-from serving.engine.base import EngineFinish, GeneratedToken, SamplingParams, TokenLogprob
+from serving.engine.base import EngineFinish, GeneratedToken, LoadState, SamplingParams, TokenLogprob
 
 log = logging.getLogger("lathe.serving")
 
 
-class VLLMEngine:
+class VLLMEngine(LoadState):
     unsupported = frozenset({"adapter"})
 
     def __init__(self, model_dir: Path, *, dtype: str = "auto", max_model_len: int | None = None,
@@ -37,20 +37,10 @@ class VLLMEngine:
         self._args = dict(model=str(self.model_dir), dtype=dtype, max_model_len=max_model_len,
                           max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization)
         self._engine: Any = None
-        self._ready = False
-        self._load_error: str | None = None
         self._running: set[str] = set()
         self.tokenizer: Any = None
         self.max_model_len = 0
         self.vocab_size = 0
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
-    @property
-    def load_error(self) -> str | None:
-        return self._load_error
 
     @property
     def num_running(self) -> int:
