@@ -23,3 +23,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.fail(f"shared benchmark data not found at {SHARED_DATA} (set LATHE_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment():
+    """Each test starts from the same environment and no configured MLflow store.
+
+    `mlflow.set_tracking_uri` (called by `registry.store.configure`) exports MLFLOW_TRACKING_URI into
+    os.environ; without this, a store configured by one test leaks into every later test and into the
+    servers and `dvc repro` runs they spawn, which then write to (and read from) the wrong store."""
+    saved = dict(os.environ)
+    yield
+    from registry import store
+
+    store.reset()
+    os.environ.clear()
+    os.environ.update(saved)

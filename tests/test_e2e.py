@@ -158,7 +158,8 @@ def test_serve_champion_with_openai_client(project):
 def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # else the registry is this process's last one
     experiment = client.get_experiment_by_name("lathe")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("lathe.role") == "pipeline"]

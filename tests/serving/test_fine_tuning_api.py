@@ -248,8 +248,8 @@ def _check_registry(tmp_path: Path, job, training_file: str) -> None:
 
     from registry import models, store
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
     store.reset()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the test's own store, not one this process exported earlier
     try:
         store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
         version = models.get_version(job.registered_model["name"], job.registered_model["version"])
@@ -258,7 +258,4 @@ def _check_registry(tmp_path: Path, job, training_file: str) -> None:
         assert version.tags["lathe.training_file_sha256"] == hashlib.sha256(_jsonl(ROWS)).hexdigest()
         assert "candidate" in version.aliases and "champion" not in version.aliases  # promotion stays separate
     finally:
-        store.reset()
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+        store.reset()  # the environment is restored by conftest's _isolated_environment
