@@ -4,11 +4,12 @@ the serving bench's time goes (bench/serving.py --profile).
 
     python -m bench.raw_engine --model DIR --requests requests.json --concurrency 16 --sampling greedy --out r.json
 
-`--sampling greedy` is the engine's plain greedy set-up; `--sampling lathe` is the set-up Lathe's
-`continuous` engine runs with (serving/engine/continuous_engine.py: sampling on, temperature /
-top-k / top-p processors per request, a greedy request sent as top_k=1), so the difference between
-the two is the price of per-request sampling options, and the difference between `lathe` and the
-server is the price of HTTP, streaming and the rest of the server.
+`--sampling greedy` is the engine's plain greedy set-up, which Lathe's `continuous` engine gives
+temperature-0 requests (its greedy manager); `--sampling lathe` is the set-up of Lathe's sampling
+manager (temperature / top-k / top-p processors per request) with the same greedy requests sent as
+top_k=1, so the difference between the two is the price of per-request sampling options, which a
+single shared manager made greedy traffic pay; the difference between `greedy` and the server is the
+price of HTTP, streaming and the rest of the server.
 """
 
 from __future__ import annotations

@@ -4,8 +4,15 @@ The manager's own thread schedules every running sequence into shared forward pa
 KV cache; requests join and leave between steps. On CPU this gave ~3x the throughput of one
 `generate` at a time with 8 concurrent streams (STACK-NOTES), so all cores are used by default.
 
-What the manager supports per request (transformers 5.24): max_new_tokens, EOS, and, with
-`per_request_processors`, temperature / top_k / top_p. Greedy is top_k=1. Everything else
+Two managers share the model and its weights, each with its own paged cache and thread: a *greedy*
+one (argmax, no logits processors) for temperature-0 requests, and a *sampling* one for the rest.
+A single manager would have to run every request through the per-request temperature / top-k / top-p
+processors, two full sorts of the vocabulary per sequence per step: 28% of a 16-stream decode step
+on one CPU core (bench/README.md, "serving"), paid by greedy traffic (evals, tools, structured
+output) for nothing. When both kinds run at once the two threads share the cores.
+
+What a manager supports per request (transformers 5.24): max_new_tokens, EOS, and, with
+`per_request_processors`, temperature / top_k / top_p. Everything else
 (penalties, min_p, min_tokens, log-probabilities, constrained decoding, adapters) is listed in
 `unsupported`, so requests asking for it get a 400 naming the field instead of being silently
 approximated. `seed` is accepted but not reproducible per request: the manager has one generator.
@@ -37,7 +44,8 @@ class ContinuousBatchingEngine(LoadState):
         self._threads = torch_threads
         self._max_model_len_setting = max_model_len
         self._max_batch_size = max_batch_size
-        self._manager: Any = None
+        self._managers: dict[str, Any] = {}
+        """'greedy' and 'sampling' (see the module docstring)."""
         self._streams: set[_CBStream] = set()
         self.tokenizer: Any = None
         self.max_model_len = 0
@@ -61,8 +69,7 @@ class ContinuousBatchingEngine(LoadState):
 
     def _load_sync(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from serving.engine.transformers_engine import _eos_ids
 
@@ -80,24 +87,38 @@ class ContinuousBatchingEngine(LoadState):
             getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
         self.eos_ids = _eos_ids(model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         pad = model.generation_config.pad_token_id
-        # Sampling on, and non-neutral defaults so that the temperature / top-k / top-p processors exist:
-        # transformers only builds a processor whose setting differs from the neutral one, and only an
-        # existing processor takes per-request values. Every request passes all three (see _CBStream).
-        generation_config = GenerationConfig(
-            do_sample=True, temperature=0.5, top_k=self.vocab_size, top_p=0.99, max_new_tokens=256,
-            eos_token_id=self.eos_ids, pad_token_id=pad if pad is not None else self.eos_ids[0])
-        cache_size = {}
+        pad = pad if pad is not None else self.eos_ids[0]
+        for mode in ("greedy", "sampling"):
+            self._managers[mode] = self._start_manager(model, mode, device, pad)
+        log.info("loaded %s on %s for continuous batching (%d torch threads, batch <= %d, context %d)",
+                 self.model_dir, device, torch.get_num_threads(), self._max_batch_size, self.max_model_len)
+
+    def _start_manager(self, model, mode: str, device: str, pad: int):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        if mode == "greedy":
+            generation_config = GenerationConfig(do_sample=False, max_new_tokens=256, eos_token_id=self.eos_ids,
+                                                 pad_token_id=pad)
+        else:
+            # Non-neutral defaults so that the temperature / top-k / top-p processors exist: transformers only
+            # builds a processor whose setting differs from the neutral one, and only an existing processor
+            # takes per-request values. Every sampled request passes all three (see _CBStream).
+            generation_config = GenerationConfig(
+                do_sample=True, temperature=0.5, top_k=self.vocab_size, top_p=0.99, max_new_tokens=256,
+                eos_token_id=self.eos_ids, pad_token_id=pad)
         if device == "cpu":  # else the KV cache takes 60% of the machine's RAM, zeroed on the first request
             page = ContinuousBatchingConfig().page_size
             cache_size = {"num_blocks": -(-self._max_batch_size * self.max_model_len // page) + 1,
                           "max_batch_tokens": min(self.max_model_len, 2048)}
-        cb_config = ContinuousBatchingConfig(per_request_processors=True, max_requests_per_batch=self._max_batch_size,
-                                             **cache_size)
-        self._manager = model.init_continuous_batching(generation_config=generation_config,
-                                                       continuous_batching_config=cb_config)
-        self._manager.start()
-        log.info("loaded %s on %s for continuous batching (%d torch threads, batch <= %d, context %d)",
-                 self.model_dir, device, torch.get_num_threads(), self._max_batch_size, self.max_model_len)
+        else:  # each manager sizes its cache from the memory free when it starts: the two share it
+            cache_size = {"max_memory_percent": 0.45 if mode == "greedy" else 0.8}
+        cb_config = ContinuousBatchingConfig(per_request_processors=mode == "sampling",
+                                             max_requests_per_batch=self._max_batch_size, **cache_size)
+        manager = model.init_continuous_batching(generation_config=generation_config,
+                                                 continuous_batching_config=cb_config)
+        manager.start()
+        return manager
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> "_CBStream":
         return _CBStream(self, prompt_ids, params)
@@ -109,9 +130,9 @@ class ContinuousBatchingEngine(LoadState):
     def close(self) -> None:
         for stream in list(self._streams):
             stream.cancel()
-        if self._manager is not None:
-            self._manager.stop(block=True, timeout=5)
-            self._manager = None
+        for manager in self._managers.values():
+            manager.stop(block=True, timeout=5)
+        self._managers.clear()
 
 
 class _CBStream:
@@ -123,17 +144,20 @@ class _CBStream:
         self._engine = engine
         self._queue: asyncio.Queue = asyncio.Queue()
         self._sent = 0
+        self._manager: Any = None
         self.started = False
         self.finish_reason: EngineFinish | None = None
         self.request_id = f"lathe-{uuid.uuid4().hex}"
         if params.max_tokens == 0:
             self._finish("length")
             return
-        greedy = params.temperature == 0
-        per_request = {"temperature": 1.0 if greedy else float(params.temperature),
-                       "top_k": 1 if greedy else int(params.top_k or engine.vocab_size),
-                       "top_p": 1.0 if greedy else float(params.top_p)}
-        manager = engine._manager
+        if params.temperature == 0:
+            self._manager, per_request = engine._managers["greedy"], {}
+        else:
+            self._manager = engine._managers["sampling"]
+            per_request = {"temperature": float(params.temperature), "top_k": int(params.top_k or engine.vocab_size),
+                           "top_p": float(params.top_p)}
+        manager = self._manager
         engine._streams.add(self)
         manager.register_result_handler(self.request_id, self._on_output)
         accepted = manager.add_request(prompt_ids, request_id=self.request_id, max_new_tokens=params.max_tokens,
@@ -182,8 +206,8 @@ class _CBStream:
     def cancel(self) -> None:
         if self.finish_reason is not None or self not in self._engine._streams:
             return
-        manager = self._engine._manager
-        if manager is not None:
+        manager = self._manager
+        if self._engine._managers:  # not closed
             manager.cancel_request(self.request_id)
             # A cancelled request gets no final output, so its handler would stay registered forever.
             router = manager.output_router

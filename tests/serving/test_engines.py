@@ -58,6 +58,23 @@ def test_continuous_batching_runs_requests_together(continuous):
     assert most >= 2  # several sequences decoded in the same steps (generate() runs one at a time)
 
 
+def test_greedy_and_sampled_requests_run_side_by_side(continuous):
+    """Greedy requests go to the argmax manager, sampled ones to the sampling manager: at the same time,
+    both finish and greedy output does not depend on what runs beside it."""
+    greedy = {"model": MODEL_NAME, "prompt": "the", "max_tokens": 40, "temperature": 0}
+    alone = httpx2.post(f"{continuous}/v1/completions", json=greedy, timeout=120).json()["choices"][0]["text"]
+    sampled = {**greedy, "temperature": 1.0, "top_p": 0.9, "max_tokens": 120}
+    results: dict[str, str] = {}
+    workers = [threading.Thread(target=lambda key=key, body=body: results.__setitem__(key, httpx2.post(
+        f"{continuous}/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]))
+        for key, body in (("greedy", greedy), ("sampled", sampled))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert results["greedy"] == alone and results["sampled"] and results["sampled"] != alone
+
+
 @pytest.mark.parametrize("kwargs, param", [
     ({"presence_penalty": 1.0}, "presence_penalty"),
     ({"logprobs": True}, "logprobs"),
