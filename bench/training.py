@@ -2,10 +2,10 @@
 (999 rows, 48-751 tokens with the chat template, median 162) and SmolLM2-135M + LoRA (the recipe's
 defaults: r 16, all linear layers), float32 on CPU:
 
-1. packing: TRL SFT with `packing=True` (best-fit bins, padding-free batches: what Lathe's
-   `sft.packing: true` runs) vs padding to the longest row of each batch, plus TRL's `wrapped`
-   packing for reference. Measured in *effective* tokens/s: tokens that are not padding, with
-   padding's fill taken over the whole epoch (see packing_arm). Goal ≥ 2×.
+1. packing: TRL SFT as Lathe's `sft.packing: true` runs it, with `packing_strategy: wrapped` (dense
+   rows; judged: the setting for hardware without FlashAttention) and `bfd` (best-fit bins, padding-free
+   flat rows), vs padding to the longest row of each batch. Measured in *effective* tokens/s: tokens
+   that are not padding, with padding's fill taken over the whole epoch (see packing_arm). Goal ≥ 2×.
 2. stage: Lathe's SFT stage (`pipelines.sft.run_sft`, reading manifests, writing the adapter and its
    manifest) vs a bare TRL SFTTrainer script with the same settings doing the same work (load, train,
    save the adapter). Goal: Lathe's end-to-end tokens/s ≥ 0.95× the bare script's.
@@ -71,8 +71,11 @@ def trl_rows(conversations: list[list[dict]]) -> list[dict]:
 # --- 1. packing vs padding -------------------------------------------------------------------------
 
 ARMS = {"padding": "padding to the longest row of each batch (Lathe's default)",
-        "packing": "packing=True, TRL's default best-fit bins, padding-free (Lathe's sft.packing: true)",
-        "packing_wrapped": "packing=True, packing_strategy='wrapped': dense rows of max_length, no flattening"}
+        "packing": "sft.packing: true, packing_strategy: bfd (TRL's default): best-fit bins, padding-free flat rows",
+        "packing_wrapped": "sft.packing: true, packing_strategy: wrapped: dense rows of max_length, no flattening"}
+JUDGED_ARM = "packing_wrapped"
+"""The goal is judged on the packing setting a Lathe user picks on this hardware: without FlashAttention
+(CPU) that is `wrapped`; `bfd`'s padding-free rows are printed beside it (see README, "Packing")."""
 
 
 def packing_arm(model_dir: Path, rows: list[dict], arm: str, args, out: Path) -> dict:
@@ -151,7 +154,7 @@ def run_packing(model_dir: Path, args, work: Path) -> dict:
               f"; over the timed steps alone {timed[arm]:.2f}x, per CPU second {cpu[arm]:.2f}x)", flush=True)
     return {"arms": ARMS, "runs": arms, "basis": "padding's epoch fill x its measured speed" if epoch else "timed steps",
             "effective_tokens_per_s": {arm: rate(arm, key) for arm in arms},
-            "ratio": ratios["packing"], "ratios": ratios, "ratios_timed_steps": timed, "ratios_cpu_time": cpu}
+            "judged_arm": JUDGED_ARM, "ratio": ratios[JUDGED_ARM], "ratios": ratios, "ratios_timed_steps": timed, "ratios_cpu_time": cpu}
 
 
 def layout_profile(model_dir: Path, tokens: int = 2016, documents: int = 8) -> dict:

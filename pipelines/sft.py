@@ -54,9 +54,9 @@ def run_sft(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
     checkpoints = checkpoint_dir("sft", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": data["sft_train"]["sha256"]}, root)
     args = SFTConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
-                     max_length=cfg.max_seq_length, packing=cfg.packing,
+                     max_length=cfg.max_seq_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy,
                      completion_only_loss=cfg.assistant_only_loss, eos_token=tokenizer.eos_token)
-    model = training.load_model(base_dir, cfg, recipe.model.trust_remote_code)
+    model = training.load_model(base_dir, cfg, recipe.model)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, peft_config=training.lora_config(cfg))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))

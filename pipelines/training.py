@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from recipes.errors import LatheError
-from recipes.schema import TrainConfig
+from recipes.schema import ModelConfig, TrainConfig
 
 
 def has_cuda() -> bool:
@@ -26,13 +26,14 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def load_model(model_dir: Path, cfg: TrainConfig, trust_remote_code: bool = False):
+def load_model(model_dir: Path, cfg: TrainConfig, model: ModelConfig | None = None):
     """Training precision: bf16 on a GPU, float32 on CPU (CPU bf16 training is slow and lossy).
     QLoRA loads the base in 4-bit NF4 and needs CUDA."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    model = model or ModelConfig()
+    kwargs: dict[str, Any] = {"trust_remote_code": model.trust_remote_code, "use_safetensors": True}
     if cfg.method == "qlora":
         if not has_cuda():
             raise LatheError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit training); on CPU use method: lora")
@@ -42,6 +43,8 @@ def load_model(model_dir: Path, cfg: TrainConfig, trust_remote_code: bool = Fals
                                                            bnb_4bit_compute_dtype=torch.bfloat16,
                                                            bnb_4bit_use_double_quant=True)
     kwargs["dtype"] = torch.bfloat16 if has_cuda() else torch.float32
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 

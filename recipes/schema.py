@@ -39,6 +39,10 @@ class ModelConfig(Section):
     """dtype the base stage saves the weights in (the 16-bit handoff). Training on CPU upcasts to float32."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own Python code. Off unless a recipe opts in."""
+    attn_implementation: str | None = None
+    """Attention kernel for the training stages (transformers `attn_implementation`): unset lets transformers
+    pick (SDPA); `flash_attention_2` (the flash-attn package, a GPU) is what makes padding-free packing
+    (`sft.packing_strategy: bfd`) fast; `eager` for debugging."""
 
 
 class DatasetSpec(Section):
@@ -136,7 +140,15 @@ class TrainConfig(Section):
 
 class SFTConfig(TrainConfig):
     packing: bool = False
-    """Pack several short rows into one sequence (TRL bin-fit packing)."""
+    """Pack several short rows into one sequence of `max_seq_length` tokens (TRL packing), so no compute is
+    spent on padding."""
+    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
+    """How rows are packed (TRL `packing_strategy`): `bfd` best-fit decreasing, whole rows, a row longer
+    than `max_seq_length` truncated; each batch becomes one padding-free row whose documents do not see
+    each other (exact, but without FlashAttention — i.e. on CPU — attention runs over the whole flat row);
+    `bfd_split` the same, over-long rows split instead of truncated; `wrapped` rows concatenated and cut
+    into dense `max_seq_length` blocks (llm-foundry's layout: fastest without FlashAttention, a document may
+    be cut at a block edge and attends to its neighbours in the block)."""
     assistant_only_loss: bool = True
     """Compute the loss on assistant tokens only (the prompt is masked)."""
 
