@@ -31,6 +31,12 @@ from serving.engine.base import EngineFinish, GeneratedToken, LoadState, Samplin
 
 log = logging.getLogger("lathe.serving")
 
+CPU_TOKENS_PER_STEP = 256
+"""Chunked prefill on CPU. A prompt pass is compute-bound there, so a burst of prompts read in one step
+delays every first token until the last prompt is read; 256-token steps let the first requests stream
+while later prompts are still being read. Measured (bench.serving, 16 streams, SmolLM2-135M, 1 core):
+TTFT p50 843 ms vs 1,473 ms with 2,048-token steps, output tokens/s unchanged (84.4 vs 85.6)."""
+
 
 class ContinuousBatchingEngine(LoadState):
     unsupported = frozenset({"min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
@@ -110,7 +116,7 @@ class ContinuousBatchingEngine(LoadState):
         if device == "cpu":  # else the KV cache takes 60% of the machine's RAM, zeroed on the first request
             page = ContinuousBatchingConfig().page_size
             cache_size = {"num_blocks": -(-self._max_batch_size * self.max_model_len // page) + 1,
-                          "max_batch_tokens": min(self.max_model_len, 2048)}
+                          "max_batch_tokens": min(self.max_model_len, CPU_TOKENS_PER_STEP)}
         else:  # each manager sizes its cache from the memory free when it starts: the two share it
             cache_size = {"max_memory_percent": 0.45 if mode == "greedy" else 0.8}
         cb_config = ContinuousBatchingConfig(per_request_processors=mode == "sampling",
