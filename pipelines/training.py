@@ -71,7 +71,8 @@ def common_args(cfg: TrainConfig, output_dir: Path, has_eval: bool) -> dict[str,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, bf16=cuda, use_cpu=not cuda,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
         eval_strategy="no", report_to=["mlflow"] if _mlflow_active() else [],
-        include_num_input_tokens_seen=True, dataloader_num_workers=0, disable_tqdm=False,
+        # Real tokens, not padding: throughput (train_tokens_per_second) and the fine-tuning API's bill count them.
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False,
     )
 
 
