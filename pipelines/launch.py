@@ -75,6 +75,12 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any] | None:
     return config
 
 
+def zero_stage(recipe: Recipe) -> int:
+    """ZeRO stage of the recipe's DeepSpeed config (0 without one)."""
+    config = deepspeed_config(recipe) or {}
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
 def deepspeed_args(recipe: Recipe) -> dict[str, Any]:
     """TrainingArguments fields for the recipe's DeepSpeed config ({} without one). Call it before
     loading the model: with ZeRO-3 the arguments make from_pretrained load each rank's shard only.

@@ -49,7 +49,8 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     checkpoints = checkpoint_dir("preference", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": data["pref_train"]["sha256"]}, root)
     args = DPOConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      beta=cfg.beta, loss_type=cfg.loss_type, max_length=cfg.max_seq_length)
-    model = training.load_model(base_dir, cfg, recipe.model)
+    zero3 = launch.zero_stage(recipe) == 3
+    model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, peft_config=training.lora_config(cfg))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))

@@ -86,7 +86,8 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     args = GRPOConfig(**training.common_args(cfg, checkpoints, False), **launch.deepspeed_args(recipe),
                       num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature, beta=cfg.beta)
-    model = training.load_model(base_dir, cfg, recipe.model)
+    zero3 = launch.zero_stage(recipe) == 3
+    model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
     trainer = GRPOTrainer(model=model, reward_funcs=[REWARDS[name] for name in cfg.rewards], args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           peft_config=training.lora_config(cfg))

@@ -56,7 +56,8 @@ def run_sft(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     args = SFTConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      max_length=cfg.max_seq_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy,
                      completion_only_loss=cfg.assistant_only_loss, eos_token=tokenizer.eos_token)
-    model = training.load_model(base_dir, cfg, recipe.model)
+    zero3 = launch.zero_stage(recipe) == 3
+    model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer, peft_config=training.lora_config(cfg))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))

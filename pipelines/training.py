@@ -26,9 +26,24 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def load_model(model_dir: Path, cfg: TrainConfig, model: ModelConfig | None = None):
+def qlora_quantization(zero3: bool) -> dict[str, Any]:
+    """BitsAndBytesConfig fields for QLoRA: 4-bit NF4, double quantization, bf16 compute. Under ZeRO-3
+    the packed 4-bit weights are also *stored* as bf16: ZeRO-3 flattens and shards every parameter of a
+    group as one dtype, and uint8 storage next to bf16 parameters fails or goes unsharded (the set-up
+    PEFT documents for "DeepSpeed ZeRO-3 and QLoRA")."""
+    import torch
+
+    fields: dict[str, Any] = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                              "bnb_4bit_compute_dtype": torch.bfloat16, "bnb_4bit_use_double_quant": True}
+    if zero3:
+        fields["bnb_4bit_quant_storage"] = torch.bfloat16
+    return fields
+
+
+def load_model(model_dir: Path, cfg: TrainConfig, model: ModelConfig | None = None, *,
+               zero3: bool = False):
     """Training precision: bf16 on a GPU, float32 on CPU (CPU bf16 training is slow and lossy).
-    QLoRA loads the base in 4-bit NF4 and needs CUDA."""
+    QLoRA loads the base in 4-bit NF4 and needs CUDA; `zero3` when the run shards with ZeRO-3."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -39,9 +54,7 @@ def load_model(model_dir: Path, cfg: TrainConfig, model: ModelConfig | None = No
             raise LatheError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit training); on CPU use method: lora")
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.bfloat16,
-                                                           bnb_4bit_use_double_quant=True)
+        kwargs["quantization_config"] = BitsAndBytesConfig(**qlora_quantization(zero3))
     kwargs["dtype"] = torch.bfloat16 if has_cuda() else torch.float32
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation

@@ -36,7 +36,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     from serving.watcher import AliasWatcher
 
     settings.adapters.update(restore_adapters(settings))  # earlier fine-tuning jobs' models load with the base
-    served = ServedModel(create_engine(settings), Path(settings.model_dir))
+    served = ServedModel(create_engine(settings), Path(settings.model_dir), adapters=dict(settings.adapters))
     watcher = AliasWatcher.for_settings(settings)
     state = ServerState(settings, served)
     platform = Platform(settings.platform, settings.host, state.metrics)

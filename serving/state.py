@@ -29,6 +29,8 @@ class ServedModel:
     engine: Engine
     model_dir: Path
     version: str | None = None  # the registry version, when the server follows an alias
+    adapters: dict[str, Path] = field(default_factory=dict)
+    """The LoRA adapters loaded on this engine, by served name: those of `settings.adapters` that fit its base."""
     users: int = 0  # admitted requests that use this engine
     retired: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -58,13 +60,13 @@ class ServerState:
         return self.served.engine
 
     def model_names(self) -> list[str]:
-        return [self.settings.model_name, *self.settings.adapters]
+        return [self.settings.model_name, *self.served.adapters]
 
     def adapter_for(self, requested: str | None) -> str | None:
         """`model` may be omitted (the base model) but must name a served model or adapter."""
         if requested is None or requested == self.settings.model_name:
             return None
-        if requested in self.settings.adapters:
+        if requested in self.served.adapters:
             return requested
         raise model_not_found(requested, ", ".join(self.model_names()))
 

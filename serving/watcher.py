@@ -78,14 +78,15 @@ class AliasWatcher:
 
     async def _load(self, version: str):
         from registry.models import resolve
-        from serving.engine import create_engine
+        from serving.engine import adapters_for_base, create_engine
         from serving.state import ServedModel
 
         log.info("%s@%s moved to version %s: loading it", self.name, self.alias, version)
         engine = None
         try:
             model_dir = Path(await asyncio.to_thread(resolve, f"models:/{self.name}/{version}"))
-            engine = create_engine(self.settings, model_dir)
+            adapters = adapters_for_base(self.settings.adapters, model_dir)
+            engine = create_engine(self.settings, model_dir, adapters)
             await engine.load()
         except Exception:  # noqa: BLE001 - keep serving the current version
             log.exception("version %s of %s could not be loaded; still serving the previous one", version, self.name)
@@ -93,4 +94,4 @@ class AliasWatcher:
             if engine is not None:
                 engine.close()
             return None
-        return ServedModel(engine, model_dir, version)
+        return ServedModel(engine, model_dir, version, adapters=adapters)

@@ -6,6 +6,7 @@ starts.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,13 +16,18 @@ from serving.engine.base import Engine, GeneratedToken, GenerationStream, Guide,
 if TYPE_CHECKING:
     from serving.settings import ServerSettings
 
-__all__ = ["Engine", "GeneratedToken", "GenerationStream", "Guide", "SamplingParams", "TokenLogprob", "create_engine"]
+log = logging.getLogger("lathe.serving")
+
+__all__ = ["Engine", "GeneratedToken", "GenerationStream", "Guide", "SamplingParams", "TokenLogprob", "adapters_for_base",
+           "create_engine"]
 
 
-def create_engine(settings: "ServerSettings", model_dir: Path | None = None) -> Engine:
-    """The one place that chooses the engine. `model_dir` overrides the settings' (a hot swap)."""
+def create_engine(settings: "ServerSettings", model_dir: Path | None = None,
+                  adapters: dict[str, Path] | None = None) -> Engine:
+    """The one place that chooses the engine. `model_dir` and `adapters` override the settings' (a hot swap)."""
     model_dir = Path(model_dir or settings.model_dir)
-    require_safetensors(model_dir, settings.adapters)
+    adapters = settings.adapters if adapters is None else adapters
+    require_safetensors(model_dir, adapters)
     if settings.engine == "vllm":
         from serving.engine.vllm_engine import VLLMEngine
 
@@ -38,7 +44,7 @@ def create_engine(settings: "ServerSettings", model_dir: Path | None = None) -> 
 
     return TransformersEngine(model_dir, device=settings.device, dtype=settings.dtype,
                               torch_threads=settings.torch_threads or 1, max_model_len=settings.max_model_len,
-                              adapters=settings.adapters)
+                              adapters=adapters)
 
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -58,6 +64,26 @@ def require_safetensors(model_dir: Path, adapters: dict[str, Path]) -> None:
         if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
             raise LatheError(f"adapter '{name}': {adapter_dir} has no adapter_model.safetensors (only safetensors "
                              "are loaded: pickled weights can run code when loaded).")
+
+
+def adapters_for_base(adapters: dict[str, Path], model_dir: Path) -> dict[str, Path]:
+    """The adapters that fit `model_dir`. An adapter whose `base_model_name_or_path` (PEFT's record of the
+    model it was trained on) is a local directory fits only that directory: after a hot swap to another
+    version, an adapter trained on the previous one would load without error and answer with a model
+    nobody trained. A hub id or an unreadable config cannot be checked and is kept."""
+    import json
+
+    fitting = {}
+    for name, adapter_dir in adapters.items():
+        try:
+            base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            base = None
+        if base and Path(base).is_dir() and Path(base).resolve() != Path(model_dir).resolve():
+            log.warning("adapter '%s' is not served with %s: it was trained on %s", name, model_dir, base)
+            continue
+        fitting[name] = adapter_dir
+    return fitting
 
 
 def batched_threads() -> int:

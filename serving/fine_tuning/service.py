@@ -326,21 +326,24 @@ class FineTuningService:
                                 ("" if served else " (registered, but not served by this server: see above)"))
         if not done:  # cancelled in the meantime
             self.server.adapters.pop(name, None)
+            self.state.served.adapters.pop(name, None)
 
     async def serve_adapter(self, job: dict[str, Any], adapter: Path) -> bool:
         """Load the adapter onto the running engine's base and add its name to the served models."""
-        if Path(self.state.served.model_dir).resolve() != Path(job["base_model_dir"]):
+        served = self.state.served  # one live model throughout, even if a swap comes while the adapter loads
+        if Path(served.model_dir).resolve() != Path(job["base_model_dir"]):
             add_event(self.store, job["id"], f"Not served: this server's base model is now "
-                                             f"{self.state.served.model_dir}, not the {job['base_model_dir']} the "
+                                             f"{served.model_dir}, not the {job['base_model_dir']} the "
                                              "adapter was trained on", "warn")
             return False
-        add_adapter = getattr(self.state.served.engine, "add_adapter", None)
+        add_adapter = getattr(served.engine, "add_adapter", None)
         if add_adapter is None:
             add_event(self.store, job["id"], "Not served: this engine cannot load adapters at run time", "warn")
             return False
         await add_adapter(job["fine_tuned_model"], adapter)
-        # ServerSettings.adapters is what names the served models (state.adapter_for, /v1/models) and what an
-        # engine created later (a hot swap) loads: one mutable dict, shared by every holder of the settings.
+        # The live model's adapters name the served models (state.adapter_for, /v1/models); ServerSettings.adapters
+        # is what an engine created later (a hot swap) chooses from, keeping those that fit its base.
+        served.adapters[job["fine_tuned_model"]] = adapter
         self.server.adapters[job["fine_tuned_model"]] = adapter
         return True
 

@@ -16,7 +16,7 @@ def _cards(state: ServerState) -> list[ModelCard]:
     base = ModelCard(id=settings.model_name, root=str(served.model_dir), version=served.version,
                      max_model_len=context)
     adapters = [ModelCard(id=name, root=str(path), parent=settings.model_name, max_model_len=context)
-                for name, path in settings.adapters.items()]
+                for name, path in served.adapters.items()]
     return [base, *adapters]
 
 

@@ -56,6 +56,19 @@ def test_deepspeed_config_by_name_or_path_and_a_clear_error(tmp_path):
         launch.deepspeed_config(recipe_with(f"distributed.deepspeed={broken}"))
 
 
+def test_qlora_under_zero3_stores_4bit_weights_as_bf16(tmp_path):
+    import torch
+
+    from pipelines.training import qlora_quantization
+
+    stages = {name: launch.zero_stage(recipe_with(*([f"distributed.deepspeed={name}"] if name else [])))
+              for name in ("", "zero2", "zero3", "zero3_offload")}
+    assert stages == {"": 0, "zero2": 2, "zero3": 3, "zero3_offload": 3}
+    assert "bnb_4bit_quant_storage" not in qlora_quantization(zero3=False)
+    assert qlora_quantization(zero3=True)["bnb_4bit_quant_storage"] is torch.bfloat16
+    assert qlora_quantization(zero3=True)["bnb_4bit_quant_type"] == "nf4"
+
+
 def test_launcher_command_lines():
     argv = ["sft", "--recipe", "r.yaml", "sft.max_steps=3"]
     ds = launch.launch_command(recipe_with("distributed.gpus_per_node=8", "distributed.launcher=deepspeed",

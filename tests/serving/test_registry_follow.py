@@ -41,11 +41,14 @@ def test_the_server_follows_the_champion_without_dropping_requests(registry_stor
     first = models.register("tiny", tiny_model_dir, metrics={"score": 0.1}, tags={})
     models.set_alias("tiny", "champion", first.version)
     second_dir = build_tiny_model(tmp_path / "second", seed=1)  # other weights, other answers
+    first_dir = models.resolve("champion", "tiny")
+    adapter = _adapter_trained_on(first_dir, tmp_path / "adapter")
 
-    with running_server(model_dir=models.resolve("champion", "tiny"), model_name="tiny", model_ref="champion",
-                        registry_model_name="tiny", watch_interval_s=0.2) as base:
+    with running_server(model_dir=first_dir, model_name="tiny", model_ref="champion", registry_model_name="tiny",
+                        watch_interval_s=0.2, adapters={"tiny-ft": adapter}) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         assert client.models.retrieve("tiny").model_extra["version"] == first.version
+        assert [m.id for m in client.models.list().data] == ["tiny", "tiny-ft"]
         before = _scores(client)
 
         # a long request in flight on version 1 while the alias moves
@@ -63,6 +66,10 @@ def test_the_server_follows_the_champion_without_dropping_requests(registry_stor
         card = client.models.retrieve("tiny")
         assert card.model_extra["root"] == str(models.resolve(f"models:/tiny/{second.version}"))
         after = _scores(client)
+        # The adapter was trained on version 1: on version 2 it would answer as a model nobody trained.
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="tiny-ft", prompt="the", max_tokens=1)
 
         rest = list(stream)  # the old request was not dropped: it ran to its end on version 1
         assert rest[-1].usage.completion_tokens == 4 * 400
@@ -72,6 +79,34 @@ def test_the_server_follows_the_champion_without_dropping_requests(registry_stor
     assert swaps and "1 request(s)" in swaps[0]  # the swap happened while the stream was running
     assert before == pytest.approx(_reference_scores(tiny_model_dir), abs=1e-4)
     assert after == pytest.approx(_reference_scores(second_dir), abs=1e-4)
+
+
+def _adapter_trained_on(model_dir, out):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)  # PEFT records model_dir as the adapter's base
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(out)
+    return out
+
+
+def test_adapters_fit_only_the_local_base_they_were_trained_on(tmp_path):
+    import json
+
+    from serving.engine import adapters_for_base
+
+    bases = {name: tmp_path / name for name in ("v1", "v2")}
+    for path in bases.values():
+        path.mkdir()
+    adapters = {}
+    for name, recorded in (("on-v1", str(bases["v1"])), ("on-v2", str(bases["v2"])), ("hub", "org/model"),
+                           ("no-config", None)):
+        adapters[name] = tmp_path / f"adapter-{name}"
+        adapters[name].mkdir()
+        if recorded:
+            (adapters[name] / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": recorded}))
+    assert set(adapters_for_base(adapters, bases["v2"])) == {"on-v2", "hub", "no-config"}  # unknowable: kept
+    assert set(adapters_for_base(adapters, bases["v1"])) == {"on-v1", "hub", "no-config"}
 
 
 def _reference_scores(model_dir) -> list[float]:
