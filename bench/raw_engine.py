@@ -22,13 +22,16 @@ from pathlib import Path
 
 def cb_config(device: str, concurrency: int, max_len: int, per_request: bool):
     """As Lathe's continuous engine configures it: batch cap = streams; on CPU a KV cache sized for
-    them (else transformers reserves most of the RAM)."""
+    them (else transformers reserves most of the RAM) and its chunked-prefill step size."""
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from serving.engine.continuous_engine import CPU_TOKENS_PER_STEP
 
     sizes = {}
     if device == "cpu":
         page = ContinuousBatchingConfig().page_size
-        sizes = {"num_blocks": -(-concurrency * max_len // page) + 1, "max_batch_tokens": min(max_len, 2048)}
+        sizes = {"num_blocks": -(-concurrency * max_len // page) + 1,
+                 "max_batch_tokens": min(max_len, CPU_TOKENS_PER_STEP)}
     return ContinuousBatchingConfig(max_requests_per_batch=concurrency, per_request_processors=per_request, **sizes)
 
 
