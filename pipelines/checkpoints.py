@@ -56,13 +56,21 @@ def last_good_checkpoint(directory: str | Path) -> str | None:
     return None
 
 
-def checkpoint_dir(stage: str, settings: dict, inputs: dict, artifacts: Path = Path("artifacts")) -> Path:
+def checkpoint_dir(stage: str, settings: dict, inputs: dict, artifacts: Path = Path("artifacts"), *,
+                   upstream: str) -> Path:
     """Where a stage's checkpoints go (`.lathe/checkpoints/artifacts/<stage>-<hash>` beside the artifacts
     folder): outside its DVC output (DVC deletes outputs before re-running a
     stage, which would throw away the checkpoints a crashed run needs), keyed by a hash of the stage's
-    settings and inputs so that a changed recipe never resumes an old run."""
+    settings, its inputs and the manifest of the `upstream` stage whose model it trains, so that a changed
+    recipe or a re-trained upstream model never resumes an old run. (The upstream model's *path* does not
+    change when it is re-trained; its manifest does, and a finished run's last checkpoint would otherwise
+    be "resumed" into zero steps of training on the old model.)"""
     import hashlib
 
-    key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True, default=str).encode())
+    from pipelines.manifest import sha256_file
+
+    upstream_manifest = sha256_file(Path(artifacts) / upstream / "manifest.json")
+    key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "upstream": upstream_manifest},
+                                    sort_keys=True, default=str).encode())
     artifacts = Path(artifacts)
     return artifacts.parent / ".lathe" / "checkpoints" / artifacts.name / f"{stage}-{key.hexdigest()[:12]}"

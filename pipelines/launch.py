@@ -111,8 +111,9 @@ def needs_launch(recipe: Recipe) -> bool:
 def maybe_relaunch(stage: str, recipe: Recipe, argv: list[str] | None = None) -> bool:
     """When the recipe asks for a launcher and this process was not started by one, run `lathe <argv>`
     under it, wait, and return True (the caller then exits). `argv` is the command line after `lathe`
-    (default: sys.argv[1:]). A failed launch raises LatheError with the exit code and the command."""
-    if not needs_launch(recipe) or inside_launch():
+    (default: sys.argv[1:]). A failed launch raises LatheError with the exit code and the command.
+    A disabled stage only writes its pass-through manifest: that needs one process, not a launch."""
+    if not getattr(recipe, stage).enabled or not needs_launch(recipe) or inside_launch():
         return False
     argv = list(sys.argv[1:] if argv is None else argv)
     command = launch_command(recipe, argv)

@@ -46,7 +46,8 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     val = load_pairs(Path(data["pref_val"]["path"]))
     tokenizer = training.load_tokenizer(base_dir)
     # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
-    checkpoints = checkpoint_dir("preference", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": data["pref_train"]["sha256"]}, root)
+    checkpoints = checkpoint_dir("preference", cfg.model_dump(mode="json"), {"data": data["pref_train"]["sha256"]},
+                                 root, upstream="sft")
     args = DPOConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      beta=cfg.beta, loss_type=cfg.loss_type, max_length=cfg.max_seq_length)
     zero3 = launch.zero_stage(recipe) == 3

@@ -82,7 +82,9 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     tokenizer = training.load_tokenizer(base_dir)
     check_lengths(rows, tokenizer, cfg.max_seq_length, source)
     # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
-    checkpoints = checkpoint_dir("rl", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": str(source)}, root)
+    prompts = {"path": str(source), "sha256": sha256_file(source), "rows": len(rows)}
+    checkpoints = checkpoint_dir("rl", cfg.model_dump(mode="json"), {"data": prompts["sha256"]}, root,
+                                 upstream="preference")
     args = GRPOConfig(**training.common_args(cfg, checkpoints, False), **launch.deepspeed_args(recipe),
                       num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature, beta=cfg.beta)
@@ -92,7 +94,6 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           peft_config=training.lora_config(cfg))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
-    prompts = {"path": str(source), "sha256": sha256_file(source), "rows": len(rows)}
     return training.finish(trainer, result, stage="rl", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir, out=out,
                            inputs={"preference_model": str(base_dir), "prompts": prompts}, evaluate=False,
                            extra_metrics=reward_metrics(trainer.state.log_history))

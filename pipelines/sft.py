@@ -52,7 +52,8 @@ def run_sft(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     val = load_split(Path(data["sft_val"]["path"]), cfg.assistant_only_loss)
     tokenizer = training.load_tokenizer(base_dir)
     # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
-    checkpoints = checkpoint_dir("sft", cfg.model_dump(mode="json"), {"base": str(base_dir), "data": data["sft_train"]["sha256"]}, root)
+    checkpoints = checkpoint_dir("sft", cfg.model_dump(mode="json"), {"data": data["sft_train"]["sha256"]}, root,
+                                 upstream="base")
     args = SFTConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      max_length=cfg.max_seq_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy,
                      completion_only_loss=cfg.assistant_only_loss, eos_token=tokenizer.eos_token)

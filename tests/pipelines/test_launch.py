@@ -107,6 +107,9 @@ def test_no_relaunch_for_one_process_or_inside_a_launch(monkeypatch):
     for name in launch.LAUNCH_ENV:
         monkeypatch.delenv(name, raising=False)
     assert launch.maybe_relaunch("sft", recipe_with(), ["sft"]) is False
+    # A disabled stage writes a pass-through manifest in this process: no multi-GPU launch for that.
+    disabled = recipe_with("distributed.gpus_per_node=2", "rl.enabled=false")
+    assert launch.maybe_relaunch("rl", disabled, ["no-such-command"]) is False  # a launch would raise
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert launch.maybe_relaunch("sft", recipe_with("distributed.gpus_per_node=2"), ["sft"]) is False
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.checkpoints import checkpoint_problem, last_good_checkpoint
+from pipelines.checkpoints import checkpoint_dir, checkpoint_problem, last_good_checkpoint
 from pipelines.data import run_data
 from pipelines.manifest import write_manifest
 from recipes import load_recipe
@@ -78,6 +78,22 @@ def copy_staged(staged: Path, to: Path) -> Path:
 
 def losses(artifacts: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in json.loads((artifacts / "sft" / "log_history.json").read_text())}
+
+
+def test_a_retrained_upstream_model_never_resumes_old_checkpoints(tmp_path):
+    """The upstream model's path stays the same when it is re-trained; its manifest does not."""
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "sft").mkdir(parents=True)
+    write_manifest(artifacts / "sft", stage="sft", inputs={}, settings={"max_steps": 3}, outputs={"model_dir": "m"})
+
+    def where(settings=None):
+        return checkpoint_dir("preference", settings or {"max_steps": 3}, {"data": "abc"}, artifacts, upstream="sft")
+
+    first = where()
+    assert where() == first and first.parent == tmp_path / ".lathe" / "checkpoints" / "artifacts"
+    assert where({"max_steps": 4}) != first
+    write_manifest(artifacts / "sft", stage="sft", inputs={}, settings={"max_steps": 4}, outputs={"model_dir": "m"})
+    assert where() != first
 
 
 def test_kill_9_then_rerun_resumes_to_the_same_loss(workspace, tmp_path):
