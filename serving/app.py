@@ -24,19 +24,18 @@ from serving.batch_worker import BatchWorker
 from serving.errors import install_error_handlers
 from serving.fine_tuning.service import FineTuningService, restore_adapters
 from serving.settings import ServerSettings
-from serving.state import ServedModel, ServerState
+from serving.state import ServerState, new_served_model
 
 log = logging.getLogger("lathe.serving")
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
     _check_model_dir(settings.model_dir)
-    from serving.engine import create_engine
     from serving.routes import ROUTERS
     from serving.watcher import AliasWatcher
 
     settings.adapters.update(restore_adapters(settings))  # earlier fine-tuning jobs' models load with the base
-    served = ServedModel(create_engine(settings), Path(settings.model_dir), adapters=dict(settings.adapters))
+    served = new_served_model(settings, Path(settings.model_dir))
     watcher = AliasWatcher.for_settings(settings)
     state = ServerState(settings, served)
     platform = Platform(settings.platform, settings.host, state.metrics)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from serving.engine import Engine
+from serving.engine import Engine, adapters_for_base, create_engine
 from serving.errors import APIError, model_not_found, not_ready, shutting_down
 from serving.limits import AdmissionQueue, Slot
 from serving.metrics import ServerMetrics
@@ -33,6 +33,13 @@ class ServedModel:
     """The LoRA adapters loaded on this engine, by served name: those of `settings.adapters` that fit its base."""
     users: int = 0  # admitted requests that use this engine
     retired: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def new_served_model(settings: ServerSettings, model_dir: Path, version: str | None = None) -> ServedModel:
+    """An engine for `model_dir` (not loaded yet) with those of the configured adapters that fit that base:
+    the same rule at start-up and at every hot swap."""
+    adapters = adapters_for_base(settings.adapters, model_dir)
+    return ServedModel(create_engine(settings, model_dir, adapters), Path(model_dir), version, adapters=adapters)
 
 
 @dataclass

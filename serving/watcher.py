@@ -78,20 +78,18 @@ class AliasWatcher:
 
     async def _load(self, version: str):
         from registry.models import resolve
-        from serving.engine import adapters_for_base, create_engine
-        from serving.state import ServedModel
+        from serving.state import new_served_model
 
         log.info("%s@%s moved to version %s: loading it", self.name, self.alias, version)
-        engine = None
+        served = None
         try:
             model_dir = Path(await asyncio.to_thread(resolve, f"models:/{self.name}/{version}"))
-            adapters = adapters_for_base(self.settings.adapters, model_dir)
-            engine = create_engine(self.settings, model_dir, adapters)
-            await engine.load()
+            served = new_served_model(self.settings, model_dir, version)
+            await served.engine.load()
         except Exception:  # noqa: BLE001 - keep serving the current version
             log.exception("version %s of %s could not be loaded; still serving the previous one", version, self.name)
             self._skipped = version
-            if engine is not None:
-                engine.close()
+            if served is not None:
+                served.engine.close()
             return None
-        return ServedModel(engine, model_dir, version, adapters=adapters)
+        return served

@@ -68,9 +68,10 @@ def require_safetensors(model_dir: Path, adapters: dict[str, Path]) -> None:
 
 def adapters_for_base(adapters: dict[str, Path], model_dir: Path) -> dict[str, Path]:
     """The adapters that fit `model_dir`. An adapter whose `base_model_name_or_path` (PEFT's record of the
-    model it was trained on) is a local directory fits only that directory: after a hot swap to another
-    version, an adapter trained on the previous one would load without error and answer with a model
-    nobody trained. A hub id or an unreadable config cannot be checked and is kept."""
+    model it was trained on) is a local directory (an absolute path, even one deleted since) fits only
+    that directory: after a hot swap to another version, an adapter trained on the previous one would load
+    without error and answer with a model nobody trained. A hub id or an unreadable config cannot be
+    checked and is kept."""
     import json
 
     fitting = {}
@@ -79,7 +80,8 @@ def adapters_for_base(adapters: dict[str, Path], model_dir: Path) -> dict[str, P
             base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
         except (OSError, ValueError):
             base = None
-        if base and Path(base).is_dir() and Path(base).resolve() != Path(model_dir).resolve():
+        local = base and (Path(base).is_absolute() or Path(base).is_dir())
+        if local and Path(base).resolve() != Path(model_dir).resolve():
             log.warning("adapter '%s' is not served with %s: it was trained on %s", name, model_dir, base)
             continue
         fitting[name] = adapter_dir

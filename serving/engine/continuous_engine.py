@@ -151,6 +151,7 @@ class _CBStream:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._sent = 0
         self._manager: Any = None
+        self._done = False  # the end is queued: later outputs (a step in flight at a cancel) are dropped
         self.started = False
         self.finish_reason: EngineFinish | None = None
         self.request_id = f"lathe-{uuid.uuid4().hex}"
@@ -169,10 +170,11 @@ class _CBStream:
         accepted = manager.add_request(prompt_ids, request_id=self.request_id, max_new_tokens=params.max_tokens,
                                        streaming=True, eos_token_id=engine.eos_ids, **per_request)
         if accepted is None:
+            self._forget_handler()
             self._fail("the continuous batching manager is not accepting requests (stopping?)")
 
     def _on_output(self, output) -> None:
-        if self.finish_reason is not None:
+        if self._done:
             return
         now = time.perf_counter()
         new = output.generated_tokens[self._sent:]
@@ -186,13 +188,21 @@ class _CBStream:
             last = output.generated_tokens[-1] if output.generated_tokens else None
             self._finish("stop" if last in self._engine.eos_ids else "length")
 
-    def _finish(self, reason: EngineFinish) -> None:
+    def _finish(self, reason: EngineFinish | Exception) -> None:
+        if self._done:
+            return
+        self._done = True
         self._engine._streams.discard(self)
         self._queue.put_nowait((self._DONE, reason))
 
     def _fail(self, error: str) -> None:
-        self._engine._streams.discard(self)
-        self._queue.put_nowait((self._DONE, RuntimeError(f"continuous batching failed: {error}")))
+        self._finish(RuntimeError(f"continuous batching failed: {error}"))
+
+    def _forget_handler(self) -> None:
+        """A cancelled or refused request gets no final output, so its handler would stay registered forever."""
+        router = self._manager.output_router
+        with router._lock:
+            router.result_handlers.pop(self.request_id, None)
 
     def __aiter__(self) -> "_CBStream":
         return self
@@ -212,13 +222,9 @@ class _CBStream:
     def cancel(self) -> None:
         if self.finish_reason is not None or self not in self._engine._streams:
             return
-        manager = self._manager
         if self._engine._managers:  # not closed
-            manager.cancel_request(self.request_id)
-            # A cancelled request gets no final output, so its handler would stay registered forever.
-            router = manager.output_router
-            with router._lock:
-                router.result_handlers.pop(self.request_id, None)
+            self._manager.cancel_request(self.request_id)
+            self._forget_handler()
         log.info("generation cancelled after %d of its tokens", self._sent)
         self._finish("abort")
 

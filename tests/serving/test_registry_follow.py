@@ -100,7 +100,7 @@ def test_adapters_fit_only_the_local_base_they_were_trained_on(tmp_path):
         path.mkdir()
     adapters = {}
     for name, recorded in (("on-v1", str(bases["v1"])), ("on-v2", str(bases["v2"])), ("hub", "org/model"),
-                           ("no-config", None)):
+                           ("no-config", None), ("deleted-base", str(tmp_path / "gone"))):
         adapters[name] = tmp_path / f"adapter-{name}"
         adapters[name].mkdir()
         if recorded:
