@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT, SHARED_DATA
+from tests.servers import free_port, wait_ready
 
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
@@ -47,12 +45,6 @@ def _run(args, cwd, **kw):
     done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, **kw)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -119,30 +111,14 @@ def test_changing_an_sft_param_invalidates_only_sft_and_later(project):
 def test_serve_champion_with_openai_client(project):
     from openai import OpenAI
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(BIN / "lathe"), "serve", "--port", str(port)], cwd=project, env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        deadline = time.time() + 180
-        while True:
-            try:
-                models = client.models.list()
-                break
-            except Exception:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"server did not start:\n{server.stdout.read() if server.poll() is not None else ''}")
-                time.sleep(1)
-        while urllib.request.urlopen(f"http://127.0.0.1:{port}/health").status == 200:  # up; now wait until loaded
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ready").status == 200:
-                    break
-            except urllib.error.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("the model did not load in time")
-            time.sleep(1)
-        name = models.data[0].id
+        if not wait_ready(f"http://127.0.0.1:{port}", alive=lambda: server.poll() is None, timeout=180, interval=1):
+            pytest.fail(f"server did not become ready:\n{server.stdout.read() if server.poll() is not None else ''}")
+        name = client.models.list().data[0].id
         question = [{"role": "user", "content": "What number comes right after 41? Reply with the number only."}]
         reply = client.chat.completions.create(model=name, messages=question, max_tokens=8, temperature=0)
         assert reply.choices[0].message.content.strip() == "42"

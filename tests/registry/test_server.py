@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ import pytest
 
 from recipes.schema import GateConfig
 from registry import models, promotion, tracking
+from tests.servers import free_port
 
 NAME = "lathe-test"
 P = "skills/exact_match"
 POLICY = GateConfig(primary_metric=P, required=[P])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(base: str, path: str, **query) -> dict:

@@ -85,16 +85,12 @@ def lathe_server(model_dir: Path, tmp_dir: Path, **settings) -> Iterator[str]:
 def server_process(model_dir: Path, tmp_dir: Path, **settings) -> Iterator[tuple[str, "subprocess.Popen", Path]]:
     """`serving.app.run` in a child process (its own RSS, its own logs, the real entry point).
     Yields (base URL, process, log file: the child's stdout and stderr)."""
-    import socket
     import subprocess
     import sys
-    import time
 
-    import httpx2
+    from tests.servers import free_port, wait_ready
 
-    with socket.socket() as s:  # a free port for the child (a tiny race, acceptable in a test)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     platform = {"db_path": str(tmp_dir / "platform.db"), **settings.pop("platform", {})}
     values = {"model_dir": str(model_dir), "model_name": MODEL_NAME, "port": port, "platform": platform, **settings}
     args = ", ".join(f"{k}={v!r}" for k, v in values.items())
@@ -106,16 +102,8 @@ def server_process(model_dir: Path, tmp_dir: Path, **settings) -> Iterator[tuple
                                 env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx2.get(f"{base}/ready").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server never became ready:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+        if not wait_ready(base, alive=lambda: proc.poll() is None):
+            pytest.fail(f"the server never became ready:\n{log_path.read_text()[-3000:]}")
         yield base, proc, log_path
     finally:
         proc.terminate()

@@ -6,10 +6,11 @@ import contextlib
 import os
 import socket
 import threading
-import time
 from typing import Iterator
 
 import pytest
+
+from tests.servers import wait_ready
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -20,7 +21,6 @@ MODEL_NAME = "tiny"
 @contextlib.contextmanager
 def running_server(**settings) -> Iterator[str]:
     """Serve `create_app(ServerSettings(**settings))` until the block ends; yields the base URL."""
-    import httpx2
     import uvicorn
 
     from serving.app import create_app
@@ -34,16 +34,8 @@ def running_server(**settings) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx2.get(f"{base}/ready").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"server at {base} did not become ready")
-            time.sleep(0.05)
+        if not wait_ready(base, alive=thread.is_alive, timeout=60, interval=0.05):
+            raise RuntimeError(f"server at {base} did not become ready")
         yield base
     finally:
         server.should_exit = True

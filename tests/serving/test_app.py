@@ -6,10 +6,8 @@ import ast
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx2
 import pytest
 from pydantic import ValidationError
 
@@ -48,11 +46,9 @@ def test_importing_the_app_does_not_load_torch():
 
 
 def test_run_prints_where_it_serves_and_serves(tiny_model_dir):
-    import socket
+    from tests.servers import free_port, wait_ready
 
-    with socket.socket() as s:  # a free port for the child (a tiny race, acceptable in a test)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = ("from serving.app import run; from serving.settings import ServerSettings; "
             f"run(ServerSettings(model_dir={str(tiny_model_dir)!r}, model_name='tiny', port={port}))")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=SERVING.parent, stdout=subprocess.PIPE,
@@ -60,15 +56,7 @@ def test_run_prints_where_it_serves_and_serves(tiny_model_dir):
     try:
         line = proc.stdout.readline().strip()
         assert line == f"Lathe serving tiny from {tiny_model_dir} on http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
+        if not wait_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None, timeout=60):
             pytest.fail("the server started by run() never became ready")
     finally:
         proc.terminate()

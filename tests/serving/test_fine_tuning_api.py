@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.serving.conftest import MODEL_NAME
+from tests.servers import free_port, wait_ready
 
 PRICE = 2.0  # dollars per million trained tokens
 SERVER = """
@@ -41,27 +41,15 @@ def _jsonl(rows) -> bytes:
     return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows).encode()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(settings: dict, tmp: Path, log) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps({**settings, "port": port})], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
-    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-    while True:
-        try:
-            if httpx2.get(f"{base}/ready").status_code == 200:
-                return proc, base
-        except httpx2.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
+    base = f"http://127.0.0.1:{port}"
+    assert wait_ready(base, alive=lambda: proc.poll() is None), "server did not start"
+    return proc, base
 
 
 def _wait(what, predicate, timeout=300.0, every=0.5):

@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 
-import httpx2
 import openai
 
 from tests.conftest import ROOT
 from tests.serving.conftest import MODEL_NAME
+from tests.servers import free_port, wait_ready
 
 SERVER = """
 import sys
@@ -27,26 +26,14 @@ run(ServerSettings(model_dir=sys.argv[1], model_name=sys.argv[2], port=int(sys.a
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(model_dir, db, log) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(model_dir), MODEL_NAME, str(port), str(db)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-    while True:
-        try:
-            if httpx2.get(f"{base}/ready").status_code == 200:
-                return proc, base
-        except httpx2.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
+    base = f"http://127.0.0.1:{port}"
+    assert wait_ready(base, alive=lambda: proc.poll() is None), "server did not start"
+    return proc, base
 
 
 def _committed(db, batch_id) -> dict[str, str]:

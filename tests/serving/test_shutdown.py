@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,27 +15,21 @@ import httpx2
 import openai
 import pytest
 
+from tests.servers import free_port, wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _serve(model_dir: Path, **settings):
-    with socket.socket() as s:  # a free port for the child (a tiny race, acceptable in a test)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = ", ".join(f"{k}={v!r}" for k, v in {"model_dir": str(model_dir), "model_name": "tiny", "port": port,
                                                  "log_level": "info", **settings}.items())
     code = f"from serving.app import run; from serving.settings import ServerSettings; run(ServerSettings({args}))"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx2.get(f"{base}/ready").status_code == 200:
-                return proc, base
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.1)
+    if wait_ready(base, alive=lambda: proc.poll() is None, timeout=60):
+        return proc, base
     proc.kill()
     pytest.fail(f"the server never became ready: {proc.communicate()[1][-2000:]}")
 
