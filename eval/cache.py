@@ -74,10 +74,11 @@ class EvalCache:
         entry_path, samples_path = self._paths(model_sha, suite, key)
         entry_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_copy(samples_file, samples_path)
-        _atomic_write(entry_path, json.dumps({"key": key, "entry": entry}, indent=1, default=str))
+        atomic_write(entry_path, json.dumps({"key": key, "entry": entry}, indent=1, default=str))
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of it."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -35,7 +35,7 @@ from recipes.schema import SuiteConfig
 
 from eval import records
 from eval import suites as catalog
-from eval.cache import EvalCache, file_sha256, model_hash, settings_key, tree_sha256
+from eval.cache import EvalCache, atomic_write, file_sha256, model_hash, settings_key, tree_sha256
 
 log = logging.getLogger("lathe.eval")
 
@@ -98,9 +98,7 @@ def _run_all(model, suites, *, mirror_dir, skills_file, out_dir, seed, apply_cha
         for suite in suites:
             log.info("eval %s: suite %s", label, suite.name)
             results["suites"][suite.name] = run.suite(suite, Path(task_root) / suite.name)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
-    os.replace(tmp, out_dir / "results.json")
+    atomic_write(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False, default=str))
     return results
 
 

@@ -34,8 +34,8 @@ def models_to_judge(root: Path) -> dict[str, Path]:
     """label → model dir, in report column order (first = baseline). Each training stage that ran gets
     a column; the last one (the candidate that gets registered) is labelled `tuned`."""
     models = {"base": Path(read_manifest("base", root)["outputs"]["model_dir"])}
-    ran = [(stage, Path(read_manifest(stage, root)["outputs"]["model_dir"])) for stage in TRAINING_STAGES
-           if not read_manifest(stage, root)["outputs"].get("skipped")]
+    outputs = {stage: read_manifest(stage, root)["outputs"] for stage in TRAINING_STAGES}
+    ran = [(stage, Path(out["model_dir"])) for stage, out in outputs.items() if not out.get("skipped")]
     models.update(ran[:-1])
     models["tuned"] = ran[-1][1] if ran else models["base"]
     return models

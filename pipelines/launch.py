@@ -118,15 +118,15 @@ def maybe_relaunch(stage: str, recipe: Recipe, argv: list[str] | None = None) ->
     argv = list(sys.argv[1:] if argv is None else argv)
     command = launch_command(recipe, argv)
     print(f"{stage}: launching {world_size(recipe)} processes: {shlex.join(command)}", flush=True)
-    code = subprocess.call(command, env=launch_env(recipe))
+    code = subprocess.call(command, env=launch_env())
     if code != 0:
         raise LatheError(f"{stage}: the {recipe.distributed.launcher} launch exited with code {code} "
                          f"(see the ranks' output above); command: {shlex.join(command)}")
     return True
 
 
-def launch_env(recipe: Recipe, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
+def launch_env() -> dict[str, str]:
+    env = dict(os.environ)
     # torchrun sets 1 by itself; the deepspeed launcher does not, and N ranks × all cores thrash.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("DVC_NO_ANALYTICS", "1")

@@ -33,7 +33,8 @@ class ServerSettings(BaseModel):
         "transformers", description="'transformers': model.generate, one request at a time, every option. "
         "'continuous': transformers' continuous batching (throughput; fewer options). 'vllm': vLLM's async "
         "engine (GPU; needs vllm installed).")
-    max_batch_size: int = Field(8, ge=1, description="Most sequences batched at once (engines 'continuous', 'vllm').")
+    max_batch_size: int = Field(8, ge=1, description="Most sequences batched at once (engines 'continuous', 'vllm'); "
+                                "'continuous' applies it to greedy and to sampled requests separately.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM: new requests are refused and in-flight ones get this long to finish.")

@@ -113,7 +113,7 @@ class ServerState:
                  new.model_dir, new.version, old.users)
         if old.users:
             await old.retired.wait()
-        old.engine.close()
+        await asyncio.to_thread(old.engine.close)  # joins engine threads: not on the event loop serving the new one
 
 
 def get_state(request: Request) -> ServerState:
