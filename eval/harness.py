@@ -43,11 +43,12 @@ log = logging.getLogger("lathe.eval")
 def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: str | Path,
                skills_file: str | Path | None, out_dir: str | Path, batch_size: int = 8, seed: int = 1234,
                apply_chat_template: bool = False, label: str = "model", cache_dir: str | Path | None = None,
-               device: str = "cpu", dtype: str = "float32") -> dict:
+               device: str = "cpu", dtype: str = "float32", reference_dir: str | Path | None = None) -> dict:
     """Evaluate `model_dir` on each suite; a suite whose data is missing is recorded as `not_run`.
 
     `apply_chat_template` applies to every suite but skills (always templated). `device`/`dtype` are
-    lm-eval's hf backend arguments (`cuda`/`bfloat16` on a GPU)."""
+    lm-eval's hf backend arguments (`cuda`/`bfloat16` on a GPU). `reference_dir` is the base model the
+    `retention` suite compares with (eval/retention.py); without it that suite is not run."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise LatheError(f"eval: {model_dir} is not a Hugging Face model directory (no config.json); "
@@ -58,7 +59,8 @@ def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: 
     catalog.validate_suites(suites)
     model = _LocalModel(model_dir, batch_size=batch_size, device=device, dtype=dtype)
     return _run_all(model, suites, mirror_dir=mirror_dir, skills_file=skills_file, out_dir=out_dir, seed=seed,
-                    apply_chat_template=apply_chat_template, label=label, cache_dir=cache_dir)
+                    apply_chat_template=apply_chat_template, label=label, cache_dir=cache_dir,
+                    reference_dir=Path(reference_dir) if reference_dir else None)
 
 
 def run_suites_endpoint(endpoint: str, suites: list[SuiteConfig], *, model_name: str, tokenizer: str | Path,
@@ -84,13 +86,15 @@ def _offline() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def _run_all(model, suites, *, mirror_dir, skills_file, out_dir, seed, apply_chat_template, label, cache_dir) -> dict:
+def _run_all(model, suites, *, mirror_dir, skills_file, out_dir, seed, apply_chat_template, label, cache_dir,
+             reference_dir: Path | None = None) -> dict:
     _offline()
     out_dir, mirror_dir = Path(out_dir), Path(mirror_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(model=model, mirror_dir=mirror_dir, out_dir=out_dir,
                skills_file=Path(skills_file) if skills_file else None, seed=seed,
-               apply_chat_template=apply_chat_template, cache=EvalCache(cache_dir) if cache_dir else None)
+               apply_chat_template=apply_chat_template, cache=EvalCache(cache_dir) if cache_dir else None,
+               reference_dir=reference_dir)
     results = {"label": label, **model.header(),
                "lm_eval_version": metadata.version("lm_eval"), "versions": _versions(),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "suites": {}}
@@ -166,8 +170,11 @@ class _Run:
     seed: int
     apply_chat_template: bool
     cache: EvalCache | None
+    reference_dir: Path | None = None
 
     def suite(self, suite: SuiteConfig, task_dir: Path) -> dict:
+        if suite.name == "retention":
+            return self._retention(suite)
         try:
             prepared = catalog.prepare(suite, mirror_dir=self.mirror_dir, skills_file=self.skills_file,
                                       task_dir=task_dir)
@@ -194,6 +201,34 @@ class _Run:
         entry = self._entry(suite, prepared, request, raw, samples_path, time.time() - started)
         if self.cache:
             self.cache.put(self.model.identity, suite.name, key, entry, samples_path)
+        return entry
+
+    def _retention(self, suite: SuiteConfig) -> dict:
+        """Not lm-eval: KL(base ‖ model) on the base's answers to held-out prompts (eval/retention.py)."""
+        from eval import retention
+
+        if self.reference_dir is None or not isinstance(self.model, _LocalModel):
+            return {"status": "not_run", "reason": "retention: needs the base model beside a local model directory "
+                    "(not available for a served endpoint)", "fix": "run it in the evaluate stage (`lathe evaluate`)."}
+        prompts = retention.PROMPTS_FILE
+        request = {"suite": "retention", "task": "retention", "num_fewshot": 0, "limit": suite.limit,
+                   "max_gen_toks": suite.max_gen_toks or retention.MAX_NEW_TOKENS, "seed": self.seed,
+                   "apply_chat_template": True, "reference_hash": model_hash(self.reference_dir),
+                   "data_source": f"prompts {prompts}", **self.model.settings(True),
+                   "data_files": {"prompts": {"path": str(prompts), "sha256": file_sha256(prompts)}},
+                   "task_config_sha256": file_sha256(Path(retention.__file__)), "versions": _versions()}
+        key = settings_key(self.model.identity, _key_view(request))
+        samples_path = self.out_dir / "samples" / "retention.jsonl"
+        if self.cache and (hit := self.cache.get(self.model.identity, "retention", key, samples_path)):
+            return {**hit, "cache": "hit"}
+        cache_root = self.cache.root if self.cache else self.out_dir
+        entry = retention.evaluate(self.reference_dir, self.model.model_dir, limit=suite.limit,
+                                   max_new_tokens=request["max_gen_toks"], cache_dir=cache_root / "base-answers",
+                                   samples_path=samples_path, device=self.model.device, dtype=self.model.dtype)
+        entry.update(settings={**request, "n_samples": {"scored": entry["n"], "available": entry["n"]}},
+                     samples_file=str(samples_path.relative_to(self.out_dir)), cache="miss")
+        if self.cache:
+            self.cache.put(self.model.identity, "retention", key, entry, samples_path)
         return entry
 
     def _request(self, suite: SuiteConfig, prepared: catalog.PreparedSuite) -> dict:

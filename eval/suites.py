@@ -24,12 +24,12 @@ GSM8K_DIR = "gsm8k"
 HELLASWAG_FILE = "hellaswag/hellaswag.jsonl"
 HUMANEVAL_FILE = "humaneval/HumanEval.jsonl.gz"
 
-STANDARD_FEWSHOT = {"skills": 0, "mmlu": 5, "gsm8k": 5, "humaneval": 0, "hellaswag": 10}
+STANDARD_FEWSHOT = {"skills": 0, "mmlu": 5, "gsm8k": 5, "humaneval": 0, "hellaswag": 10, "retention": 0}
 """Few-shot counts when a SuiteConfig leaves num_fewshot unset (Open LLM Leaderboard v1 settings)."""
 PRIMARY_METRIC = {"skills": "exact_match", "mmlu": "acc", "gsm8k": "exact_match_strict-match",
-                  "hellaswag": "acc_norm", "humaneval": "pass_at_1"}
+                  "hellaswag": "acc_norm", "humaneval": "pass_at_1", "retention": "kl"}
 """The metric the summary table, the report and `flat_metrics` lead with, per suite."""
-FIXED_CHAT_TEMPLATE = {"skills": True}
+FIXED_CHAT_TEMPLATE = {"skills": True, "retention": True}
 """Suites whose chat-template setting does not follow the caller's: skills prompts are user messages."""
 
 

@@ -2,6 +2,9 @@
 
     lathe data --recipe params.yaml
 
+With `data.replay.enabled`, the base model's own answers to general prompts are mixed into
+sft_train.jsonl (pipelines/replay.py): this is the one stage that reads the base model.
+
 Writes `artifacts/data/`: sft_{train,val}.jsonl (chat messages), pref_{train,val}.jsonl
 (prompt/chosen/rejected), skills_eval.jsonl (held-out skills, never trained on), rejects.jsonl and
 manifest.json.
@@ -18,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines import skills
+from pipelines import replay, skills
 from pipelines.formats import RowError, normalize_preference, normalize_sft, read_rows
 from pipelines.manifest import sha256_file, stage_dir, write_manifest
 from recipes.errors import LatheError
@@ -121,6 +124,20 @@ def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     for kind, prefix in (("sft", "sft"), ("preference", "pref")):
         rows, dropped = dedupe(sets[kind]) if cfg.dedupe else (sets[kind], 0)
         train, val = split(rows, cfg.validation_fraction, rng)
+        if kind == "sft" and cfg.replay.enabled:
+            added, info = replay.rows_for(cfg.replay, len(train), root, rng)
+            train += added
+            rng.shuffle(train)
+            sources.append(info)
+            metrics["sft_replay_rows"] = len(added)
+        if kind == "preference" and cfg.replay.enabled and cfg.replay.preference_share > 0:
+            added, info = replay.pairs_for(cfg.replay, len(train), root, rng)
+            train += added
+            rng.shuffle(train)
+            sources.append(info)
+            metrics["pref_replay_rows"] = len(added)
+        if kind == "sft":
+            metrics["retention_prompts_in_training"] = replay.held_out_overlap(train + val)
         outputs[f"{prefix}_train"] = write_jsonl(out / f"{prefix}_train.jsonl", train)
         outputs[f"{prefix}_val"] = write_jsonl(out / f"{prefix}_val.jsonl", val)
         metrics[f"{prefix}_duplicates_dropped"] = dropped

@@ -28,6 +28,8 @@ from recipes.schema import Recipe
 CACHE = Path(".lathe/eval-cache")
 ENDPOINT_OUT = "endpoint-eval"  # under artifacts/, outside every DVC output
 TRAINING_STAGES = ("sft", "preference", "rl")
+COMPARISONS, RETENTION, TRAINING = "Paired comparisons", "Retention: answers side by side", "Training"
+"""The report's extra sections (headings), here and in the promote stage's final report."""
 
 
 def models_to_judge(root: Path) -> dict[str, Path]:
@@ -56,14 +58,24 @@ def current_champion(recipe: Recipe) -> tuple[str, Path] | None:
 
 
 def training_curves(root: Path) -> str:
-    """A Markdown section with each training stage's logged loss (the report's training curves)."""
-    lines = ["## Training", "", "| stage | step | loss |", "|---|---|---|"]
+    """A Markdown table with each training stage's logged loss (the report's training curves)."""
+    lines = ["| stage | step | loss |", "|---|---|---|"]
     for stage in TRAINING_STAGES:
         path = root / stage / "log_history.json"
         if path.exists():
             for row in json.loads(path.read_text()):
                 lines.append(f"| {stage} | {row.get('step')} | {row.get('loss', float('nan')):.4f} |")
     return "\n".join(lines)
+
+
+FULL_SUITES = ("base", "tuned", "champion")
+"""Labels judged on every suite; intermediate training stages get `eval.intermediate_suites` only."""
+
+
+def suites_for(label: str, cfg) -> list:
+    if label in FULL_SUITES or cfg.intermediate_suites is None:
+        return cfg.suites
+    return [s for s in cfg.suites if s.name in cfg.intermediate_suites]
 
 
 def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
@@ -80,20 +92,92 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     if champion is not None:
         judged["champion"] = champion[1]
     for label, model_dir in judged.items():
-        results[label] = run_suites(model_dir, cfg.suites, mirror_dir=cfg.mirror_dir, skills_file=skills_file,
-                                    out_dir=out / label, batch_size=cfg.batch_size, seed=cfg.seed,
-                                    apply_chat_template=cfg.apply_chat_template, label=label, cache_dir=CACHE)
+        results[label] = run_suites(model_dir, suites_for(label, cfg), mirror_dir=cfg.mirror_dir,
+                                    skills_file=skills_file, out_dir=out / label, batch_size=cfg.batch_size,
+                                    seed=cfg.seed, apply_chat_template=cfg.apply_chat_template, label=label,
+                                    cache_dir=CACHE, reference_dir=judged["base"])
+    comparisons = paired_comparisons(results, out, recipe, champion)
+    (out / "comparisons.json").write_text(json.dumps(comparisons, indent=1, sort_keys=True) + "\n")
     md, html = write_report(results, out, title=f"Lathe evaluation report — recipe '{recipe.name}'",
-                            extra_sections={"training": training_curves(root)})
+                            extra_sections={COMPARISONS: comparisons_markdown(comparisons),
+                                            RETENTION: retention_markdown(results),
+                                            TRAINING: training_curves(root)})
     tuned, base = flat_metrics(results["tuned"]), flat_metrics(results["base"])
-    metrics = {"tuned": tuned, "delta_vs_base": {k: v - base[k] for k, v in tuned.items() if k in base}}
+    metrics = {"tuned": tuned, "base": base,
+               "delta_vs_base": {k: v - base[k] for k, v in tuned.items() if k in base}}
     if champion is not None:
         metrics["champion"] = {"version": champion[0], "metrics": flat_metrics(results["champion"])}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     write_manifest(out, stage="evaluate", inputs={label: r.get("model_dir") for label, r in results.items()},
                    settings=cfg.model_dump(), outputs={"report_md": str(md), "report_html": str(html),
-                                                       "metrics": str(out / "metrics.json")}, metrics=metrics)
+                                                       "metrics": str(out / "metrics.json"),
+                                                       "comparisons": str(out / "comparisons.json")}, metrics=metrics)
     return {"report_md": md, "report_html": html, "metrics": metrics}
+
+
+def paired_comparisons(results: dict, out: Path, recipe: Recipe, champion) -> dict:
+    """The tuned model against the base ("champion zero") and against the champion, item by item
+    (eval/compare.py): what the gate decides on. Written to artifacts/evaluate/comparisons.json."""
+    from eval.compare import compare
+    from eval.harness import flat_metrics
+
+    alpha = recipe.gate.alpha
+    record = {"candidate": {"label": "tuned", "model_hash": results["tuned"].get("model_hash"),
+                            "model_dir": results["tuned"].get("model_dir")}, "against": {}}
+    targets = [("base", None)] + ([("champion", champion[0])] if champion is not None else [])
+    for label, version in targets:
+        record["against"][label] = {
+            "version": version, "model_hash": results[label].get("model_hash"),
+            "metrics": flat_metrics(results[label]),
+            "paired": compare(results[label], out / label, results["tuned"], out / "tuned", alpha=alpha)}
+    return record
+
+
+def comparisons_markdown(comparisons: dict) -> str:
+    """Per comparison target, each paired metric: Δ with its SE and 95% interval, p, and the smallest
+    drop the sample could have detected (80% power)."""
+    lines = ["Each row compares the tuned model with the named model on the same items: Δ = tuned − other, "
+             "SE of the paired difference, 95% interval, two-sided p (exact McNemar for right/wrong items, "
+             "paired z otherwise) and the minimum detectable difference at 80% power (MDE): a drop smaller "
+             "than the MDE may go unseen.", ""]
+    for target, record in comparisons.get("against", {}).items():
+        name = f"champion (version {record['version']})" if target == "champion" else "base model"
+        lines += [f"**tuned vs {name}**", "", "| metric | n | other | tuned | Δ | SE | 95% interval | p | MDE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for key, c in sorted(record["paired"].items()):
+            if key.startswith("_"):
+                continue
+            lo, hi = c["ci95"]
+            lines.append(f"| {key} | {c['n']} | {c['mean_a']:.3f} | {c['mean_b']:.3f} | {c['delta']:+.3f} | "
+                         f"{c['se']:.3f} | [{lo:+.3f}, {hi:+.3f}] | {c['p_value']:.3g} | {c['mde']:.3f} |")
+        for suite, why in record["paired"].get("_skipped", {}).items():
+            lines.append(f"\n{suite}: not compared ({why}).")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def retention_markdown(results: dict) -> str:
+    """Greedy answers of each judged model beside the base model's, on held-out general prompts."""
+    lines = ["KL(base ‖ model) per answer token on the base model's own answers to held-out general prompts "
+             "(eval/README.md): 0 = answers as the base would. Greedy answers side by side:", ""]
+    entries = {label: r["suites"].get("retention", {}) for label, r in results.items()}
+    entries = {label: e for label, e in entries.items() if e.get("status") == "ok" and label != "base"}
+    if not entries:
+        return "_The retention suite did not run._"
+    first = next(iter(entries.values()))
+    for i, item in enumerate(first.get("side_by_side", [])):
+        lines += [f"**{item['prompt']}**", "", f"- base: {_one_line(item['base'])}"]
+        for label, entry in entries.items():
+            other = entry["side_by_side"][i] if i < len(entry.get("side_by_side", [])) else None
+            if other:
+                lines.append(f"- {label} (KL {other['kl']:.3f}): {_one_line(other['model'])}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _one_line(text: str, n: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return (text[:n] + "…") if len(text) > n else (text or "(empty)")
 
 
 def endpoint_tokenizer(recipe: Recipe, served_model: str, tokenizer: str | None) -> Path:

@@ -45,7 +45,7 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
     with tracking.stage_run("promote", experiment=recipe.registry.experiment):
         decision = promotion.promote(recipe.registry.model_name, version, recipe.gate, force=args.force,
                                      reason=args.reason, out_json=out / "decision.json",
-                                     champion_metrics=_rejudged_champion(root))
+                                     champion_metrics=_rejudged_champion(root), judged=_judged(root, version))
         verdict = _verdict(decision.promote)
         md, html = final_report(recipe, root, out, decision_markdown(recipe.registry.model_name, version,
                                                                      decision.to_dict()))
@@ -55,6 +55,17 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
         print(f"  [{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
     print(f"promote: report with the decision: {html}")
     return 0
+
+
+def _judged(root: Path, version: str) -> dict | None:
+    """The evaluate stage's paired comparisons, when they are about this version (the one `lathe register`
+    just made from the evaluated tuned model); None for any other version."""
+    registered, comparisons = root / "register" / "manifest.json", root / "evaluate" / "comparisons.json"
+    if not (registered.exists() and comparisons.exists()):
+        return None
+    if str(json.loads(registered.read_text())["version"]) != str(version):
+        return None
+    return json.loads(comparisons.read_text())["against"]
 
 
 def _rejudged_champion(root: Path) -> dict[str, dict[str, float]] | None:
@@ -69,7 +80,10 @@ def _verdict(promoted: bool) -> str:
 
 def decision_markdown(model_name: str, version: str, decision: dict) -> str:
     """The report's promotion section, from a decision record (`Decision.to_dict()` or decision.json)."""
-    lines = ["## Promotion", "", f"**{model_name} version {version}: {_verdict(decision['promote'])}**", ""]
+    against = decision.get("compared_with")
+    lines = [f"**{model_name} version {version}: {_verdict(decision['promote'])}**"
+             + (f" — judged against the {against}" + (" model (no champion yet: champion zero)" if against == "base" else "")
+                if against else ""), ""]
     lines += [f"- {'✅' if c['passed'] else '❌'} **{c['name']}**: {c['detail']}" for c in decision["checks"]]
     lines += [f"- {reason}" for reason in decision["reasons"]]
     return "\n".join(lines)
@@ -83,17 +97,22 @@ def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None)
     `dvc repro`. Reads artifacts/evaluate/<label>/results.json and the training logs only."""
     from eval.report import write_report
 
-    from pipelines.evaluate import training_curves
+    from pipelines.evaluate import (COMPARISONS, RETENTION, TRAINING, comparisons_markdown, retention_markdown,
+                                    training_curves)
 
     results = {p.parent.name: json.loads(p.read_text()) for p in sorted((root / "evaluate").glob("*/results.json"))}
     if not results:
         raise LatheError(f"no evaluation results in {root / 'evaluate'} (<label>/results.json): nothing has been "
                          "evaluated yet. Run `lathe evaluate` (or `dvc repro evaluate`) first")
     order = [label for label in REPORT_ORDER if label in results] + sorted(set(results) - set(REPORT_ORDER))
-    sections = {"promotion": decision_md} if decision_md else {}
+    sections = {"Promotion": decision_md} if decision_md else {}
+    comparisons = root / "evaluate" / "comparisons.json"
+    if comparisons.exists():
+        sections[COMPARISONS] = comparisons_markdown(json.loads(comparisons.read_text()))
+    sections[RETENTION] = retention_markdown(results)
     return write_report({label: results[label] for label in order}, out,
                         title=f"Lathe report — recipe '{recipe.name}'",
-                        extra_sections={**sections, "training": training_curves(root)})
+                        extra_sections={**sections, TRAINING: training_curves(root)})
 
 
 def report(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:

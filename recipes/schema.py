@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
+
+from recipes.section import Section
+from recipes.serve_schema import BatchConfig, PlatformConfig, PriceConfig, ServeConfig, TierConfig  # noqa: F401 (re-exported)
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 
@@ -20,13 +23,8 @@ SUITE_METRICS = {
     "gsm8k": ("exact_match_strict-match", "exact_match_flexible-extract"),
     "humaneval": ("pass_at_1",),
     "hellaswag": ("acc_norm", "acc"),
+    "retention": ("kl", "nll_gap"),
 }
-
-
-class Section(BaseModel):
-    """Base for every recipe section: attribute docstrings become field descriptions."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -70,6 +68,26 @@ class SkillsConfig(Section):
     """Seed of the generator: the same seed gives byte-identical files."""
 
 
+class ReplayConfig(Section):
+    enabled: bool = False
+    """Mix the base model's own greedy answers to general prompts (eval/prompts/general.jsonl, split
+    `replay`; never the retention suite's held-out prompts) into SFT training: self-distillation replay,
+    which keeps the general chat behaviour the task data would otherwise train away. Generated once per
+    base model by the data stage and cached by its content hash (.lathe/base-answers)."""
+    share: float = Field(0.5, gt=0, lt=1)
+    """Fraction of the SFT training rows that are replay rows (answers are cycled when more rows are
+    needed than there are prompts)."""
+    max_new_tokens: int = Field(96, gt=0)
+    """Longest generated answer, in tokens."""
+    limit: int | None = Field(None, gt=0)
+    """Use only the first N replay prompts (None: all of them, 136)."""
+    preference_share: float = Field(0.0, ge=0, lt=1)
+    """Fraction of the preference training pairs that are replay pairs: chosen = the base's own answer to a
+    general prompt, rejected = that answer cut after its first sentence. Task pairs that prefer short
+    answers (the skills set's "concise over rambling") otherwise teach the model to cut every answer short.
+    0: none."""
+
+
 class DataConfig(Section):
     sft: list[DatasetSpec] = Field(default_factory=list)
     """Extra SFT datasets mixed with the skills set."""
@@ -77,6 +95,8 @@ class DataConfig(Section):
     """Extra preference datasets mixed with the generated pairs."""
     skills: SkillsConfig = Field(default_factory=SkillsConfig)
     """The generated skills set: something the base model fails today and can learn in minutes."""
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    """Self-distillation replay mixed into SFT so the tuned model keeps what the base could already do."""
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of each training set held out for validation loss."""
     on_bad_row: Literal["error", "skip"] = "error"
@@ -210,8 +230,9 @@ class DistributedConfig(Section):
 
 
 class SuiteConfig(Section):
-    name: Literal["skills", "mmlu", "gsm8k", "humaneval", "hellaswag"]
-    """Benchmark suite."""
+    name: Literal["skills", "mmlu", "gsm8k", "humaneval", "hellaswag", "retention"]
+    """Benchmark suite. `retention` is not a benchmark: KL(base ‖ model) on the base model's own answers to
+    held-out general prompts (eval/retention.py), 0 for the base; it measures forgetting."""
     num_fewshot: int | None = None
     """Few-shot examples (None: the suite's standard count: MMLU 5, GSM8K 5, HumanEval 0, HellaSwag 10)."""
     limit: int | None = Field(None, gt=0)
@@ -219,12 +240,16 @@ class SuiteConfig(Section):
     subjects: list[str] | None = None
     """MMLU subjects to run (None: all 57)."""
     max_gen_toks: int | None = Field(None, gt=0)
-    """Cap on generated tokens for generation suites (None: the task's own)."""
+    """Cap on generated tokens for generation suites (None: the task's own); for `retention`, the length of
+    the base model's reference answers (None: 96)."""
 
 
 class EvalConfig(Section):
     suites: list[SuiteConfig] = Field(default_factory=lambda: [SuiteConfig(name="skills")])
-    """Suites to run on the base and the tuned model."""
+    """Suites to run on the base and the tuned model (and the champion)."""
+    intermediate_suites: list[str] | None = None
+    """Suites also run on intermediate models (every training stage but the last, e.g. SFT before DPO);
+    None: all of them. Guard benchmarks need not be paid for on every intermediate model."""
     mirror_dir: str = "../shared/data"
     """Local benchmark mirror (layout in eval/README.md). A suite whose files are missing there is
     reported as not run, with the reason."""
@@ -246,125 +271,43 @@ class RegistryConfig(Section):
 
 
 class GateConfig(Section):
+    """The promotion policy (registry/gate.py). The candidate is judged against the champion, or against
+    the base model it was trained from when there is no champion yet ("champion zero"), on the same
+    items: paired differences, with the smallest drop each sample could have detected."""
+
     primary_metric: str = "skills/exact_match"
     """`suite/metric` that must improve for a candidate to become champion."""
     min_improvement: float = 0.0
-    """The candidate must beat the champion's primary metric by more than this (absolute)."""
+    """The candidate must beat the baseline's primary metric by more than this (absolute) and, when both
+    were scored on the same items, significantly (paired test, p < `alpha`)."""
     max_regression: float = 0.05
-    """Largest drop allowed on any other metric both the candidate and the champion report
-    (absolute), except those matched by `regression_ignore`."""
+    """The drop a guard metric must be able to see: a guard fails when it drops by more than this
+    (absolute), and a guard whose sample could not have detected a drop this large (its minimum
+    detectable drop at 80% power is larger) is underpowered (see `require_power`)."""
+    tolerance: float = Field(0.0, ge=0)
+    """A statistically significant drop no larger than this is accepted (0: any significant drop refuses)."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level of the paired tests (two-sided)."""
+    require_power: bool = True
+    """Refuse promotion when a guard is underpowered (its sample cannot detect a drop of `max_regression`,
+    or it has no per-item results to pair): a guard that cannot see a regression does not guard."""
+    guards: list[str] | None = None
+    """Metrics that must not regress (`suite/metric`). None: the headline metric of every suite both models
+    ran, except the primary metric and retention (which has `max_retention`)."""
+    retention_metric: Literal["retention/nll_gap", "retention/kl"] = "retention/nll_gap"
+    """The forgetting measure `max_retention` bounds (eval/README.md): `retention/nll_gap`, how much less
+    likely the candidate finds the base model's own answers to held-out general prompts (nats per token;
+    negative when it grew surer of them), or `retention/kl`, KL(base ‖ candidate) per token (any movement,
+    sharpening towards the base's answers included)."""
+    max_retention: float | None = None
+    """Upper bound on `retention_metric`: above it the candidate has forgotten too much. None: not checked."""
     regression_ignore: list[str] = Field(default_factory=lambda: ["*stderr*"])
-    """fnmatch patterns of metrics the regression check skips. Add `*.*/*` to skip per-subject /
-    per-skill breakdowns (`suite.part/metric`), which swing a lot on small samples."""
+    """fnmatch patterns of metrics left out of the default guards (when `guards` is None)."""
     required: list[str] = Field(default_factory=lambda: ["skills/exact_match"])
     """Metrics that must be present in the candidate's results (the primary metric always is)."""
     lower_is_better: list[str] = Field(default_factory=list)
     """Metrics where smaller is better (loss, perplexity): for these, improving means going down and
     a regression is a rise."""
-
-
-class ServeConfig(Section):
-    host: str = "127.0.0.1"
-    """Address to bind."""
-    port: int = 8000
-    """Port to bind."""
-    model: str = "champion"
-    """What to serve: `champion`/`candidate` (aliases of the registered model), `models:/name@alias`,
-    or a local model directory. Served from an alias, the server follows it when it moves."""
-    engine: Literal["transformers", "continuous", "vllm"] = "transformers"
-    """`transformers` (generate, one request at a time), `continuous` (transformers' continuous
-    batching, best for many concurrent streams on CPU) or `vllm` (GPU; needs vllm installed)."""
-    max_queue: int = Field(64, gt=0)
-    """Requests allowed to wait; more are refused with 503."""
-    torch_threads: int | None = None
-    """Torch threads for generation (None: the engine's choice; 1 is fastest for `transformers` on small CPUs)."""
-    watch_interval_s: float = Field(30.0, gt=0)
-    """How often to check whether the served alias moved."""
-    drain_timeout_s: float = Field(30.0, ge=0)
-    """On SIGTERM, how long in-flight requests may finish before the server exits."""
-
-
-class TierConfig(Section):
-    requests_per_minute: int = Field(6000, gt=0)
-    """Requests per minute per key (a token bucket: bursts up to this many, refilled evenly)."""
-    tokens_per_minute: int | None = Field(2_000_000, gt=0)
-    """Prompt + completion tokens per minute per key; None: unlimited."""
-    batch_requests_per_minute: int | None = Field(None, gt=0)
-    """Batch lines per minute per key, from a pool of its own (batch work never uses the online
-    buckets); None: the same number as requests_per_minute."""
-    batch_tokens_per_minute: int | None = Field(None, gt=0)
-    """Batch tokens per minute per key, from the batch pool; None: the same as tokens_per_minute."""
-
-
-def _default_tiers() -> dict[str, TierConfig]:
-    # Together's published serverless tiers: Build (top tier: 6,000 RPM, 2M TPM) and Scale
-    # (9,000 RPM; Scale has no published token limit, so none here).
-    return {"build": TierConfig(), "scale": TierConfig(requests_per_minute=9000, tokens_per_minute=None)}
-
-
-class PriceConfig(Section):
-    input_per_million: float = Field(0.30, ge=0)
-    """US dollars per million prompt tokens."""
-    output_per_million: float = Field(0.30, ge=0)
-    """US dollars per million completion tokens."""
-
-
-class BatchConfig(Section):
-    max_file_bytes: int = Field(200_000_000, gt=0)
-    """Largest file POST /v1/files accepts (OpenAI's limit: 200 MB)."""
-    max_lines: int = Field(50_000, gt=0)
-    """Most requests in one batch input file (OpenAI's limit)."""
-    max_completion_window_h: float = Field(168.0, gt=0)
-    """Longest completion_window a batch may ask for (`24h` is what OpenAI clients send)."""
-    lease_s: float = Field(30.0, gt=0)
-    """A worker holds the batch it runs for this long, renewed after every line; a server killed
-    mid-batch is resumed by the next worker once the lease runs out."""
-    poll_interval_s: float = Field(1.0, gt=0)
-    """How often an idle worker looks for new batches."""
-
-
-class PlatformConfig(Section):
-    db_path: str = ".lathe/platform.db"
-    """SQLite database holding API keys, usage, files and batches (relative to the working directory)."""
-    auth: Literal["auto", "on", "off"] = "auto"
-    """Require an API key (`Authorization: Bearer ...`) on every /v1 route. `auto`: on unless the
-    server binds to a loopback address (127.0.0.1, ::1, localhost)."""
-    protect_metrics: bool = True
-    """With auth on, GET /metrics needs a key too (Prometheus can send one: `authorization` in its scrape config)."""
-    protect_health: bool = False
-    """With auth on, GET /health and /ready need a key too (load balancers usually probe without one)."""
-    default_tier: str = "build"
-    """Tier of `lathe keys create` without --tier."""
-    anonymous_tier: str | None = None
-    """Tier of callers when auth is off; None: they are not rate-limited (usage is still metered), so a
-    local benchmark or eval run is never throttled."""
-    tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
-    """Rate-limit tiers by name. Tiers given here are added to (or replace) the defaults `build` and `scale`."""
-    prices: dict[str, PriceConfig] = Field(default_factory=lambda: {"default": PriceConfig()})
-    """Price per served model name; `default` prices every other model ($0.30 per million tokens,
-    input and output alike)."""
-    batch_price_factor: float = Field(0.5, ge=0)
-    """Batch requests cost this fraction of the online price."""
-    batch: BatchConfig = Field(default_factory=BatchConfig)
-    """Batch API limits and worker timing."""
-
-    @field_validator("tiers", mode="before")
-    @classmethod
-    def _add_default_tiers(cls, tiers):
-        return {**_default_tiers(), **tiers} if isinstance(tiers, dict) else tiers
-
-    @field_validator("prices", mode="before")
-    @classmethod
-    def _add_default_price(cls, prices):
-        return {"default": PriceConfig(), **prices} if isinstance(prices, dict) else prices
-
-    @model_validator(mode="after")
-    def _known_default_tier(self):
-        for name in ("default_tier", "anonymous_tier"):
-            tier = getattr(self, name)
-            if tier is not None and tier not in self.tiers:
-                raise ValueError(f"{name} '{tier}' is not one of the tiers: {', '.join(self.tiers)}")
-        return self
 
 
 class Recipe(Section):
@@ -395,12 +338,21 @@ class Recipe(Section):
     def _gate_names_evaluated_metrics(self) -> "Recipe":
         """A gate metric that no suite produces would refuse every candidate: catch the typo here."""
         suites = {s.name for s in self.eval.suites}
-        for field in ("primary_metric", "required"):
-            names = getattr(self.gate, field)
+        for name in self.eval.intermediate_suites or []:
+            if name not in suites:
+                raise ValueError(f"eval.intermediate_suites: '{name}' is not one of eval.suites ({sorted(suites)})")
+        if self.gate.max_retention is not None and "retention" not in suites:
+            raise ValueError("gate.max_retention is set but eval.suites does not run the retention suite "
+                             "(add {name: retention})")
+        for field in ("primary_metric", "required", "guards"):
+            names = getattr(self.gate, field) or []
             for name in [names] if isinstance(names, str) else names:
                 suite, _, metric = name.partition("/")
                 suite = suite.split(".")[0]
                 known = SUITE_METRICS.get(suite)
+                if field == "guards" and suite not in suites:
+                    raise ValueError(f"gate.guards: '{name}' names suite '{suite}', which eval.suites does not run "
+                                     f"(running: {sorted(suites)})")
                 if known is None or suite not in suites:
                     raise ValueError(f"gate.{field}: '{name}' names suite '{suite}', which eval.suites does not run "
                                      f"(running: {sorted(suites)})")

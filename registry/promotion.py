@@ -7,7 +7,8 @@ how it got there. Remote stores (http://…) get no lock: run one promoter at a 
 
 Tags on a promoted version: lathe.promoted_at (UTC ISO time), lathe.previous_champion (version or
 ""), lathe.decision (the decision JSON), and with force: lathe.forced_by, lathe.force_reason.
-Every judged candidate also gets lathe.last_decision. `lathe.previous_champion` links form the
+Every judged candidate also gets lathe.last_decision and lathe.compared_with (`base` or
+`champion version N`). `lathe.previous_champion` links form the
 champion history that rollback() walks back along.
 """
 
@@ -29,6 +30,20 @@ LAST_DECISION = "lathe.last_decision"
 FORCED_BY = "lathe.forced_by"
 FORCE_REASON = "lathe.force_reason"
 ROLLED_BACK_AT = "lathe.rolled_back_at"
+COMPARED_WITH = "lathe.compared_with"
+
+
+def _baseline(champion, judged: dict, champion_metrics: dict) -> tuple[dict | None, dict | None, str]:
+    """(metrics, paired comparisons, name) of what the candidate is judged against: the champion, or the
+    base model ("champion zero") when there is no champion yet."""
+    if champion is None:
+        base = judged.get("base")
+        return (base["metrics"], base.get("paired"), "base") if base else (None, None, "base")
+    against = f"champion version {champion.version}"
+    rejudged = judged.get("champion")
+    if rejudged and str(rejudged.get("version")) == str(champion.version):
+        return rejudged["metrics"], rejudged.get("paired"), against
+    return champion_metrics.get(str(champion.version), champion.metrics), None, against
 
 
 def _now() -> str:
@@ -37,13 +52,16 @@ def _now() -> str:
 
 def promote(name: str, candidate_version: str, policy: GateConfig | dict, *, force: bool = False,
             reason: str | None = None, out_json: Path | None = None,
-            champion_metrics: dict[str, dict[str, float]] | None = None) -> gate.Decision:
-    """Judge `candidate_version` (a number or an alias such as `candidate`) against the champion and
-    move `champion` to it if the gate passes, or if `force` (which needs a `reason`).
+            champion_metrics: dict[str, dict[str, float]] | None = None,
+            judged: dict | None = None) -> gate.Decision:
+    """Judge `candidate_version` (a number or an alias such as `candidate`) against the champion — or,
+    with no champion yet, against the base model it was trained from — and move `champion` to it if
+    the gate passes, or if `force` (which needs a `reason`).
 
-    `champion_metrics` maps a version to metrics measured in the same evaluation run as the
-    candidate (same settings); when it holds the current champion's version those numbers are
-    compared instead of the ones stored when the champion was registered."""
+    `judged` is the evaluate stage's record for THIS candidate (comparisons.json's `against`):
+    `{"base": {metrics, paired}, "champion": {version, metrics, paired}}`, the models judged in the same
+    run on the same items; the gate then compares item by item. `champion_metrics` maps a version to
+    metrics measured in the same run (unpaired fallback); otherwise the champion's stored metrics."""
     if isinstance(policy, dict):
         policy = GateConfig.model_validate(policy)
     if force and not (reason and reason.strip()):
@@ -57,10 +75,8 @@ def promote(name: str, candidate_version: str, policy: GateConfig | dict, *, for
         if champion is not None and champion.version == candidate.version:
             decision = gate.Decision(False, [f"version {candidate.version} is already the champion; nothing to do"], [])
         else:
-            baseline = None
-            if champion is not None:
-                baseline = (champion_metrics or {}).get(str(champion.version), champion.metrics)
-            decision = gate.decide(candidate.metrics, baseline, policy)
+            baseline, paired, against = _baseline(champion, judged or {}, champion_metrics or {})
+            decision = gate.decide(candidate.metrics, baseline, policy, paired=paired, against=against)
             if force and not decision.promote:
                 decision.promote, decision.forced = True, True
                 decision.reasons.append(f"forced by {getpass.getuser()}: {reason}")
@@ -70,6 +86,8 @@ def promote(name: str, candidate_version: str, policy: GateConfig | dict, *, for
                   "decided_at": _now(), "policy": policy.model_dump(mode="json"), **decision.to_dict()}
         text = json.dumps(record, indent=2, sort_keys=True)
         client.set_model_version_tag(name, candidate.version, LAST_DECISION, text)
+        if decision.compared_with:
+            client.set_model_version_tag(name, candidate.version, COMPARED_WITH, decision.compared_with)
         if decision.promote:
             tags = {PROMOTED_AT: record["decided_at"], PREVIOUS: champion.version if champion else "", DECISION: text}
             if decision.forced:

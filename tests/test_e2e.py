@@ -22,6 +22,10 @@ BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 
+OLD_WAY = ["data.replay.enabled=false", "sft.max_steps=30", "sft.batch_size=8", "sft.packing=false"]
+"""The default recipe before the forgetting measures: no replay; SFT 30 steps of 8 rows at the same learning rate."""
+
+
 def _copy_project(dest: Path) -> None:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.splitlines()
@@ -80,8 +84,27 @@ def test_tuning_improves_held_out_skills(project):
     sft_score = sft["suites"]["skills"]["metrics"]["exact_match"]
     assert tuned >= sft_score - 0.05, "the preference stage must not lower the held-out skills score"
     md = (project / "artifacts/evaluate/report.md").read_text()
-    for suite in ("skills", "mmlu", "hellaswag", "gsm8k", "humaneval"):
+    for suite in ("skills", "mmlu", "hellaswag", "retention"):
         assert suite in md
+
+
+def test_the_first_candidate_is_judged_against_its_base_with_powered_guards(project):
+    decision = json.loads((project / "artifacts/promote/decision.json").read_text())
+    assert decision["promote"] and decision["compared_with"] == "base", decision["reasons"]
+    checks = {c["name"]: c for c in decision["checks"]}
+    assert set(checks) == {"required", "primary", "guard mmlu/acc", "guard hellaswag/acc_norm", "retention"}
+    for guard in ("guard mmlu/acc", "guard hellaswag/acc_norm"):
+        numbers = checks[guard]["numbers"]
+        # paired against the base on the same items, able to see a 10-point drop, and no significant drop
+        assert numbers["paired"]["n"] == 120 and numbers["mde"] <= 0.10 and not numbers["underpowered"], numbers
+        assert not numbers["significant"] and checks[guard]["passed"]
+    assert checks["primary"]["numbers"]["paired"]["p_value"] < 0.05
+    retention = checks["retention"]["numbers"]
+    assert retention["candidate"] <= retention["max_retention"]
+    report = (project / "artifacts/promote/report.md").read_text()
+    assert "judged against the base model (no champion yet: champion zero)" in report
+    assert "**tuned vs base model**" in report and "| mmlu/acc |" in report and "MDE" in report
+    assert "**Say hi.**" in report and "**What is the capital of France?**" in report  # side by side
 
 
 def test_second_repro_reruns_nothing(project):
@@ -126,6 +149,14 @@ def test_serve_champion_with_openai_client(project):
         stream = client.chat.completions.create(model=name, messages=question, max_tokens=8, temperature=0, stream=True)
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
         assert text.strip() == "42"
+        # ... and it still chats like the base model did (the forgetting the old default showed)
+        hi = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Say hi."}],
+                                            max_tokens=32, temperature=0).choices[0].message.content
+        assert any(word in hi.lower() for word in ("hello", "hi", "hey", "greetings")), hi
+        paris = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=32,
+            temperature=0).choices[0].message.content
+        assert "Paris" in paris, paris
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -147,3 +178,35 @@ def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
     assert children["evaluate"].data.metrics["eval.skills/exact_match"] >= 0.4
     version = client.get_model_version_by_alias("lathe-default", "champion")
     assert str(version.version) == "1" and "lathe.git_commit" in version.tags
+
+
+def test_a_candidate_trained_the_old_way_is_refused_by_the_default_gate(project, tmp_path):
+    """The chain before the forgetting measures — no replay, the same learning rate and steps — trained
+    for real, then judged by the default recipe's gate against the base: refused, for forgetting."""
+    from eval.compare import compare
+    from eval.harness import flat_metrics, run_suites
+    from recipes import load_recipe
+    from recipes.schema import SuiteConfig
+    from registry.gate import decide
+
+    old = tmp_path / "old"
+    shutil.copytree(project / "artifacts" / "base", old / "artifacts" / "base")
+    shutil.copy(project / "params.yaml", old / "params.yaml")
+    for stage in ("data", "sft", "preference"):
+        _run([str(BIN / "lathe"), stage, *OLD_WAY], old)
+    assert json.loads((old / "artifacts/data/manifest.json").read_text())["metrics"].get("sft_replay_rows") is None
+    recipe = load_recipe(project / "params.yaml")
+    base_out = project / "artifacts/evaluate/base"
+    base_results = json.loads((base_out / "results.json").read_text())
+    results = run_suites(old / "artifacts/preference/model", [SuiteConfig(name="skills"), SuiteConfig(name="retention")],
+                         mirror_dir=SHARED_DATA, skills_file=project / "artifacts/data/skills_eval.jsonl",
+                         out_dir=old / "judged", label="old-way", cache_dir=project / ".lathe/eval-cache",
+                         reference_dir=project / "artifacts/base/model")
+    decision = decide(flat_metrics(results), flat_metrics(base_results), recipe.gate,
+                      paired=compare(base_results, base_out, results, old / "judged"), against="base")
+    retention = next(c for c in decision.checks if c.name == "retention")
+    assert not decision.promote and not retention.passed, decision.to_dict()
+    value = retention.numbers["candidate"]
+    assert value > recipe.gate.max_retention and f"{value:.4g}" in retention.detail
+    assert recipe.gate.retention_metric in retention.detail
+    assert retention.detail in decision.reasons

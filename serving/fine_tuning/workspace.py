@@ -73,6 +73,7 @@ def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed:
                  "validation_fraction": 0.0, "seed": seed,
                  "on_bad_row": "skip"})  # skip: every bad row is found and named, not only the first
     data["skills"] = {**data.get("skills", {}), "enabled": False}
+    data["replay"] = {**data.get("replay", {}), "enabled": False}  # a job trains the user's file as written
     train = recipe.setdefault(stage, {})
     train.update({"enabled": True, "logging_steps": 1, "merge": True, "seed": seed})  # merged: evaluate, register
     if train.get("method") == "full":

@@ -33,7 +33,7 @@ def test_skill_answers_are_correct():
 
 def test_data_stage_writes_splits_and_manifest(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    recipe = load_recipe("default", [
+    recipe = load_recipe("default", ["data.replay.enabled=false", 
         "data.skills.n_train=40", "data.skills.n_eval=12", "data.skills.n_preference=10",
         f"data.sft=[{{path: {shared_data}/sft/alpaca_en_demo.json, max_rows: 30}}]",
         f"data.preference=[{{path: {shared_data}/preference/dpo_en_demo.json, max_rows: 10}}]"])
@@ -62,7 +62,7 @@ def _bad_file(tmp_path):
 def test_bad_row_stops_with_file_line_and_reason(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = _bad_file(tmp_path)
-    recipe = load_recipe("default", ["data.skills.enabled=false", f"data.sft=[{{path: {path}}}]"])
+    recipe = load_recipe("default", ["data.replay.enabled=false", "data.skills.enabled=false", f"data.sft=[{{path: {path}}}]"])
     with pytest.raises(LatheError) as err:
         run_data(recipe, tmp_path / "artifacts")
     assert f"{path}, line 2: last message has role 'user'" in str(err.value)
@@ -71,19 +71,19 @@ def test_bad_row_stops_with_file_line_and_reason(tmp_path, monkeypatch):
 def test_skip_policy_records_every_bad_row_and_dedupes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = _bad_file(tmp_path)
-    recipe = load_recipe("default", ["data.skills.enabled=false", "data.on_bad_row=skip", "data.validation_fraction=0",
-                                     f"data.sft=[{{path: {path}}}]"])
+    recipe = load_recipe("default", ["data.replay.enabled=false", "data.skills.enabled=false", "data.on_bad_row=skip",
+                                     "data.validation_fraction=0", f"data.sft=[{{path: {path}}}]"])
     outputs = run_data(recipe, tmp_path / "artifacts")
     rejects = _jsonl(tmp_path / "artifacts/data/rejects.jsonl")
     assert [(r["where"], r["reason"][:20]) for r in rejects] == [("line 2", "last message has rol"), ("line 3", "not valid JSON: Expe")]
     assert outputs["sft_train"]["rows"] == 1  # the duplicate of line 1 was dropped and counted
     assert read_manifest("data", tmp_path / "artifacts")["metrics"] == {
-        "rejected_rows": 2, "sft_duplicates_dropped": 1, "pref_duplicates_dropped": 0}
+        "rejected_rows": 2, "sft_duplicates_dropped": 1, "pref_duplicates_dropped": 0, "retention_prompts_in_training": 0}
 
 
 def test_missing_dataset_file_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    recipe = load_recipe("default", ["data.sft=[{path: nowhere.jsonl}]"])
+    recipe = load_recipe("default", ["data.replay.enabled=false", "data.sft=[{path: nowhere.jsonl}]"])
     with pytest.raises(LatheError, match="nowhere.jsonl not found"):
         run_data(recipe, tmp_path / "artifacts")
 
@@ -92,6 +92,6 @@ def test_mixture_weight_repeats_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps({"prompt": "r", "completion": "b"}) + "\n")
-    recipe = load_recipe("default", ["data.skills.enabled=false", "data.dedupe=false", "data.validation_fraction=0",
+    recipe = load_recipe("default", ["data.replay.enabled=false", "data.skills.enabled=false", "data.dedupe=false", "data.validation_fraction=0",
                                      f"data.sft=[{{path: {path}, weight: 3}}]"])
     assert run_data(recipe, tmp_path / "artifacts")["sft_train"]["rows"] == 6

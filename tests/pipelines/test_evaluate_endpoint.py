@@ -39,7 +39,8 @@ def test_evaluate_endpoint_writes_results_and_report_outside_dvc_outputs(base_ur
                    outputs={"skills_eval": {"path": str(skills), "rows": len(SKILLS)}})
     done = lathe("evaluate", "--recipe", RECIPE, "--endpoint", base_url, "--served-model", MODEL_NAME,
                  "--tokenizer", str(tiny_model_dir), f"eval.mirror_dir={shared_data}",
-                 "eval.suites=[{name: skills}, {name: mmlu, subjects: [anatomy], limit: 2, num_fewshot: 0}]", cwd=tmp_path)
+                 "eval.suites=[{name: skills}, {name: mmlu, subjects: [anatomy], limit: 2, num_fewshot: 0}]",
+                 "gate.guards=null", "gate.max_retention=null", "eval.intermediate_suites=null", "gate.required=[skills/exact_match]", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "artifacts" / "endpoint-eval" / MODEL_NAME
     results = json.loads((out / "results.json").read_text())

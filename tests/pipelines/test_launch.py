@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def recipe_with(*overrides: str):
-    return load_recipe("default", list(overrides))
+    return load_recipe("default", ["data.replay.enabled=false", *overrides])
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])
@@ -125,7 +125,8 @@ def test_a_failed_launch_is_a_clear_error(monkeypatch):
 @pytest.fixture
 def staged_cwd(tiny_model_dir, tmp_path):
     """A working directory with artifacts/{base,data} for the tiny model, as `lathe sft` expects."""
-    recipe = load_recipe("default", ["data.skills.n_train=32", "data.skills.n_eval=6", "data.skills.n_preference=8"])
+    recipe = load_recipe("default", ["data.replay.enabled=false", "data.skills.n_train=32", "data.skills.n_eval=6",
+                                     "data.skills.n_preference=8"])
     (tmp_path / "artifacts" / "base").mkdir(parents=True)
     write_manifest(tmp_path / "artifacts" / "base", stage="base", inputs={}, settings={},
                    outputs={"model_dir": str(tiny_model_dir)})

@@ -21,7 +21,8 @@ from tests.tiny_model import build_tiny_model
 
 OVERRIDES = ["data.skills.n_train=12", "data.skills.n_eval=6", "data.skills.n_preference=4",
              "sft.enabled=false", "preference.enabled=false", "eval.suites=[{name: skills}]",
-             "registry.model_name=tiny", "gate.min_improvement=0.0"]
+             "registry.model_name=tiny", "gate.min_improvement=0.0",
+             "data.replay.enabled=false", "gate.guards=null", "gate.max_retention=null", "eval.intermediate_suites=null", "gate.required=[skills/exact_match]"]
 
 
 def _pipeline(tmp: Path, model_dir: Path, capsys) -> tuple[dict, str]:
@@ -57,11 +58,15 @@ def project(tmp_path, monkeypatch):
     store.reset()
 
 
-def test_first_version_wins_then_a_tie_does_not(project, tiny_model_dir, capsys):
-    first, out = _pipeline(project, tiny_model_dir, capsys)
-    assert first["version"] == "1" and "PROMOTED to champion" in out
+def test_first_version_is_judged_against_its_base_then_a_tie_does_not_win(project, tiny_model_dir, capsys):
+    first, out = _pipeline(project, tiny_model_dir, capsys)  # training off: the candidate IS the base model
+    assert first["version"] == "1" and "NOT promoted" in out and "ties base" in out
+    decision = json.loads((project / "artifacts/promote/decision.json").read_text())
+    assert decision["compared_with"] == "base" and decision["champion_after"] is None
     report = (project / "artifacts/promote/report.md").read_text()
-    assert "version 1: PROMOTED to champion" in report and "first_version" in report
+    assert "version 1: NOT promoted" in report and "champion zero" in report and "**tuned vs base model**" in report
+    promote.main(load_recipe("default", OVERRIDES), argparse.Namespace(force=True, reason="test: accept it", version=None))
+    assert "PROMOTED to champion" in capsys.readouterr().out
 
     again, out = _pipeline(project, tiny_model_dir, capsys)  # identical inputs: no duplicate version
     assert again["version"] == "1" and "already the champion" in (project / "artifacts/promote/report.md").read_text()

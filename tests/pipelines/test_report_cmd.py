@@ -43,7 +43,7 @@ def evaluated(tiny_model_dir, tmp_path_factory) -> Path:
     (artifacts / "evaluate" / "tuned" / "results.json").write_text(json.dumps(tuned))
     (artifacts / "sft").mkdir()
     (artifacts / "sft" / "log_history.json").write_text(json.dumps([{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.25}]))
-    decision = gate.decide({"skills/exact_match": 1.0}, None, GateConfig())
+    decision = gate.decide({"skills/exact_match": 1.0}, {"skills/exact_match": 0.0}, GateConfig(), against="base")
     (artifacts / "promote").mkdir()
     (artifacts / "promote" / "decision.json").write_text(json.dumps({"name": "lathe-default", "candidate": "7",
                                                                       **decision.to_dict()}))
@@ -58,7 +58,7 @@ def test_report_is_rebuilt_from_stored_results(evaluated):
     for text in (md, html):
         assert "+1.000" in text                                           # skills Δ tuned vs base
         assert "lathe-default version 7: PROMOTED to champion" in text    # from decision.json
-        assert "first_version" in text
+        assert "judged against the base model (no champion yet: champion zero)" in text and "beats base 0" in text
         assert "2.5000" in text and "1.2500" in text                      # the SFT loss log
         assert "Say HI" in text                                           # a stored sample output
     assert "<script" not in html and "<link" not in html                  # self-contained

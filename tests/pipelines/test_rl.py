@@ -12,7 +12,7 @@ from pipelines.manifest import read_manifest, write_manifest
 from pipelines.rewards import exact_match, extract_number, number_match
 from recipes import LatheError, load_recipe
 
-SMALL = ["data.skills.n_train=24", "data.skills.n_eval=6", "data.skills.n_preference=8",
+SMALL = ["data.replay.enabled=false", "data.skills.n_train=24", "data.skills.n_eval=6", "data.skills.n_preference=8",
          "rl.enabled=true", "rl.max_steps=2", "rl.batch_size=8", "rl.num_generations=4",
          "rl.max_completion_length=8", "rl.logging_steps=1", "rl.learning_rate=5e-4", "rl.max_seq_length=128",
          "rl.rewards=[exact_match, number_match]"]

@@ -31,7 +31,8 @@ def test_empty_recipe_is_the_embedded_default(tmp_path):
 
 def test_overrides_parse_values_as_yaml():
     recipe = load_recipe("default", ["sft.max_steps=7", "sft.lora.target_modules=[q_proj, v_proj]",
-                                     "preference.enabled=false", "eval.suites=[{name: skills, limit: 3}]"])
+                                     "preference.enabled=false", "eval.suites=[{name: skills, limit: 3}]",
+                                     "gate.guards=null", "gate.max_retention=null", "eval.intermediate_suites=null", "gate.required=[skills/exact_match]"])
     assert recipe.sft.max_steps == 7
     assert recipe.sft.lora.target_modules == ["q_proj", "v_proj"]
     assert recipe.preference.enabled is False

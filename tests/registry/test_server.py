@@ -21,7 +21,8 @@ from tests.servers import free_port
 
 NAME = "lathe-test"
 P = "skills/exact_match"
-POLICY = GateConfig(primary_metric=P, required=[P])
+POLICY = GateConfig(primary_metric=P, required=[P], require_power=False)
+BASE = {"base": {"metrics": {P: 0.0}, "paired": None}}  # the base model's results: champion zero
 
 
 def get_json(base: str, path: str, **query) -> dict:
@@ -33,7 +34,7 @@ def get_json(base: str, path: str, **query) -> dict:
 def registered(store_uri, model_dir_factory):
     """Written straight to the sqlite store, as the pipeline does: v1 champion, v2 candidate."""
     v1 = models.register(NAME, model_dir_factory(1), metrics={P: 0.5}, tags={"lathe.recipe": "default"})
-    promotion.promote(NAME, v1.version, POLICY)
+    promotion.promote(NAME, v1.version, POLICY, judged=BASE)
     v2 = models.register(NAME, model_dir_factory(2), metrics={P: 0.25}, tags={})
     return v1, v2
 
@@ -98,7 +99,7 @@ def test_registry_is_readable_and_usable_through_mlflow_server(registered, mlflo
     assert local == client_root / ".lathe" / "models" / NAME / "3"
     assert (local / "model.safetensors").read_bytes() == (tmp_path / "models" / "m3" / "model.safetensors").read_bytes()
     assert models.resolve(f"models:/{NAME}/3") == local  # downloaded once
-    assert promotion.promote(NAME, "candidate", POLICY).promote
+    assert promotion.promote(NAME, "candidate", POLICY, judged=BASE).promote
     model = get_json(api, "/registered-models/get", name=NAME)["registered_model"]
     assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "3", "candidate": "3"}
     v3_tags = {t["key"]: t["value"] for t in get_json(api, "/model-versions/get", name=NAME, version="3")["model_version"]["tags"]}

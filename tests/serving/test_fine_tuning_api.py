@@ -112,7 +112,7 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
                 "fine_tuning": {"state_dir": str(state_dir), "poll_interval_s": 0.2, "price_per_million_tokens": PRICE,
                                 "max_concurrent_jobs": 2,  # the second job's start overlaps the first one's last stages
                                 # skills only (no skills rows: reported as not run): the other suites take minutes
-                                "overrides": ["eval.suites=[{name: skills}]"]}}
+                                "overrides": ["eval.suites=[{name: skills}]", "gate.guards=null", "gate.max_retention=null", "eval.intermediate_suites=null", "gate.required=[skills/exact_match]"]}}
     log = open(tmp_path / "server.log", "wb")
     server, base = _start(settings, tmp_path, log)
     try:

@@ -1,0 +1,114 @@
+"""The recipe's serving sections: `serve:` (the server) and `platform:` (API keys, rate-limit tiers,
+prices and the Batch API). Part of the one recipe schema (recipes/schema.py re-exports them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from recipes.section import Section
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = 8000
+    """Port to bind."""
+    model: str = "champion"
+    """What to serve: `champion`/`candidate` (aliases of the registered model), `models:/name@alias`,
+    or a local model directory. Served from an alias, the server follows it when it moves."""
+    engine: Literal["transformers", "continuous", "vllm"] = "transformers"
+    """`transformers` (generate, one request at a time), `continuous` (transformers' continuous
+    batching, best for many concurrent streams on CPU) or `vllm` (GPU; needs vllm installed)."""
+    max_queue: int = Field(64, gt=0)
+    """Requests allowed to wait; more are refused with 503."""
+    torch_threads: int | None = None
+    """Torch threads for generation (None: the engine's choice; 1 is fastest for `transformers` on small CPUs)."""
+    watch_interval_s: float = Field(30.0, gt=0)
+    """How often to check whether the served alias moved."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may finish before the server exits."""
+
+
+class TierConfig(Section):
+    requests_per_minute: int = Field(6000, gt=0)
+    """Requests per minute per key (a token bucket: bursts up to this many, refilled evenly)."""
+    tokens_per_minute: int | None = Field(2_000_000, gt=0)
+    """Prompt + completion tokens per minute per key; None: unlimited."""
+    batch_requests_per_minute: int | None = Field(None, gt=0)
+    """Batch lines per minute per key, from a pool of its own (batch work never uses the online
+    buckets); None: the same number as requests_per_minute."""
+    batch_tokens_per_minute: int | None = Field(None, gt=0)
+    """Batch tokens per minute per key, from the batch pool; None: the same as tokens_per_minute."""
+
+
+def _default_tiers() -> dict[str, TierConfig]:
+    # Together's published serverless tiers: Build (top tier: 6,000 RPM, 2M TPM) and Scale
+    # (9,000 RPM; Scale has no published token limit, so none here).
+    return {"build": TierConfig(), "scale": TierConfig(requests_per_minute=9000, tokens_per_minute=None)}
+
+
+class PriceConfig(Section):
+    input_per_million: float = Field(0.30, ge=0)
+    """US dollars per million prompt tokens."""
+    output_per_million: float = Field(0.30, ge=0)
+    """US dollars per million completion tokens."""
+
+
+class BatchConfig(Section):
+    max_file_bytes: int = Field(200_000_000, gt=0)
+    """Largest file POST /v1/files accepts (OpenAI's limit: 200 MB)."""
+    max_lines: int = Field(50_000, gt=0)
+    """Most requests in one batch input file (OpenAI's limit)."""
+    max_completion_window_h: float = Field(168.0, gt=0)
+    """Longest completion_window a batch may ask for (`24h` is what OpenAI clients send)."""
+    lease_s: float = Field(30.0, gt=0)
+    """A worker holds the batch it runs for this long, renewed after every line; a server killed
+    mid-batch is resumed by the next worker once the lease runs out."""
+    poll_interval_s: float = Field(1.0, gt=0)
+    """How often an idle worker looks for new batches."""
+
+
+class PlatformConfig(Section):
+    db_path: str = ".lathe/platform.db"
+    """SQLite database holding API keys, usage, files and batches (relative to the working directory)."""
+    auth: Literal["auto", "on", "off"] = "auto"
+    """Require an API key (`Authorization: Bearer ...`) on every /v1 route. `auto`: on unless the
+    server binds to a loopback address (127.0.0.1, ::1, localhost)."""
+    protect_metrics: bool = True
+    """With auth on, GET /metrics needs a key too (Prometheus can send one: `authorization` in its scrape config)."""
+    protect_health: bool = False
+    """With auth on, GET /health and /ready need a key too (load balancers usually probe without one)."""
+    default_tier: str = "build"
+    """Tier of `lathe keys create` without --tier."""
+    anonymous_tier: str | None = None
+    """Tier of callers when auth is off; None: they are not rate-limited (usage is still metered), so a
+    local benchmark or eval run is never throttled."""
+    tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
+    """Rate-limit tiers by name. Tiers given here are added to (or replace) the defaults `build` and `scale`."""
+    prices: dict[str, PriceConfig] = Field(default_factory=lambda: {"default": PriceConfig()})
+    """Price per served model name; `default` prices every other model ($0.30 per million tokens,
+    input and output alike)."""
+    batch_price_factor: float = Field(0.5, ge=0)
+    """Batch requests cost this fraction of the online price."""
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    """Batch API limits and worker timing."""
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _add_default_tiers(cls, tiers):
+        return {**_default_tiers(), **tiers} if isinstance(tiers, dict) else tiers
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _add_default_price(cls, prices):
+        return {"default": PriceConfig(), **prices} if isinstance(prices, dict) else prices
+
+    @model_validator(mode="after")
+    def _known_default_tier(self):
+        for name in ("default_tier", "anonymous_tier"):
+            tier = getattr(self, name)
+            if tier is not None and tier not in self.tiers:
+                raise ValueError(f"{name} '{tier}' is not one of the tiers: {', '.join(self.tiers)}")
+        return self
