@@ -76,6 +76,8 @@ def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed:
     data["replay"] = {**data.get("replay", {}), "enabled": False}  # a job trains the user's file as written
     train = recipe.setdefault(stage, {})
     train.update({"enabled": True, "logging_steps": 1, "merge": True, "seed": seed})  # merged: evaluate, register
+    if not dpo:
+        train["packing"] = False  # a job's batch_size counts the user's examples, as OpenAI and Together mean it
     if train.get("method") == "full":
         train["method"] = "lora"  # the result is served as an adapter on the loaded base
     _apply_spec(train, spec, stage)

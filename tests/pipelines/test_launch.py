@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def recipe_with(*overrides: str):
-    return load_recipe("default", ["data.replay.enabled=false", *overrides])
+    return load_recipe("default", ["data.replay.enabled=false", "sft.packing=false", *overrides])
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])

@@ -12,7 +12,8 @@ from pipelines.data import run_data
 from pipelines.manifest import read_manifest, write_manifest
 from recipes import load_recipe
 
-SMALL = ["data.replay.enabled=false", "data.skills.n_train=32", "data.skills.n_eval=6", "data.skills.n_preference=16",
+SMALL = ["data.replay.enabled=false", "sft.packing=false", "data.skills.n_train=32", "data.skills.n_eval=6",
+         "data.skills.n_preference=16",
          "sft.max_steps=4", "sft.batch_size=4", "sft.logging_steps=1", "sft.learning_rate=1e-3",
          "preference.max_steps=3", "preference.batch_size=4", "preference.logging_steps=1"]
 
