@@ -224,7 +224,8 @@ class _Run:
         cache_root = self.cache.root if self.cache else self.out_dir
         entry = retention.evaluate(self.reference_dir, self.model.model_dir, limit=suite.limit,
                                    max_new_tokens=request["max_gen_toks"], cache_dir=cache_root / "base-answers",
-                                   samples_path=samples_path, device=self.model.device, dtype=self.model.dtype)
+                                   samples_path=samples_path, device=self.model.device, dtype=self.model.dtype,
+                                   is_base=request["reference_hash"] == self.model.identity)  # hashed once, above
         entry.update(settings={**request, "n_samples": {"scored": entry["n"], "available": entry["n"]}},
                      samples_file=str(samples_path.relative_to(self.out_dir)), cache="miss")
         if self.cache:

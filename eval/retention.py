@@ -148,12 +148,15 @@ def _mean_se(values: list[float]) -> tuple[float, float | None]:
 
 
 def evaluate(base_dir: Path, model_dir: Path, *, limit: int | None, max_new_tokens: int, cache_dir: Path,
-             samples_path: Path, device: str = "cpu", dtype: str = "float32") -> dict:
-    """The suite entry (metrics with stderr, samples file, side-by-side examples) for `model_dir`."""
+             samples_path: Path, device: str = "cpu", dtype: str = "float32", is_base: bool | None = None) -> dict:
+    """The suite entry (metrics with stderr, samples file, side-by-side examples) for `model_dir`.
+    `is_base`: whether `model_dir` holds the base's weights (the caller has usually hashed both already)."""
     started = time.time()
     references = base_answers(base_dir, "heldout", max_new_tokens, cache_dir, limit=limit, device=device, dtype=dtype)
     base, tokenizer = load(base_dir, device, dtype)
-    if model_hash(model_dir) == model_hash(base_dir):  # the base against itself: KL 0, its answers are the references
+    if is_base is None:
+        is_base = model_hash(model_dir) == model_hash(base_dir)
+    if is_base:  # the base against itself: KL 0, its answers are the references
         rows = score(base, None, tokenizer, references)
         answers = [r["answer"].strip() for r in references[:SHOWN]]
     else:
