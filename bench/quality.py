@@ -63,7 +63,9 @@ def run_chain(name: str, overrides: list[str], work: Path, cache: Path) -> dict:
     _params(dest, overrides)
     (dest / ".lathe").symlink_to(cache, target_is_directory=True)  # eval cache + base answers, shared
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
+    # PYTHONPATH: the copy's own modules, not the editable install's (the working tree may change meanwhile)
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(dest))
     log(f"quality: {name}: lathe demo {' '.join(overrides)}")
     started = time.time()
     done = subprocess.run([str(Path(sys.executable).parent / "lathe"), "demo"], cwd=dest, env=env,

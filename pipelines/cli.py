@@ -19,7 +19,7 @@ from pathlib import Path
 # name → (module, function, help). The function is called as function(recipe, args).
 COMMANDS = {
     "base": ("pipelines.base", "main", "resolve the base model into a local Hugging Face directory"),
-    "data": ("pipelines.data", "main", "load, validate, mix and split training data"),
+    "data": ("pipelines.data", "main", "load, validate, mix and split training data (`lathe data inspect`: what each row trains)"),
     "sft": ("pipelines.sft", "main", "instruction tuning (TRL SFT, LoRA/QLoRA/full)"),
     "preference": ("pipelines.preference", "main", "preference tuning (TRL DPO)"),
     "rl": ("pipelines.rl", "main", "optional RL stage (TRL GRPO with exact-answer rewards)"),
@@ -61,6 +61,12 @@ def _extra_args(name: str, cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument("--served-model", help="the model name the server serves (default: registry.model_name)")
         cmd.add_argument("--tokenizer", help="local dir with the served model's tokenizer (default: the registry "
                                              "champion's, when the served model is registry.model_name)")
+    if name == "data":  # `lathe data inspect [...]`: what each row trains (pipelines/inspect_data.py)
+        cmd.usage = "lathe data [inspect] [--recipe R] [--rows N] [--split S] [--html FILE] [--json] [overrides ...]"
+        cmd.add_argument("--rows", type=int, default=3, help="inspect: rows to show (default 3)")
+        cmd.add_argument("--split", default="sft_train", help="inspect: sft_train (default) or sft_val")
+        cmd.add_argument("--html", help="inspect: also write the rows, highlighted, to this HTML file")
+        cmd.add_argument("--json", action="store_true", help="inspect: print totals and per-row trained spans as JSON")
     if name == "report":
         cmd.add_argument("--out", help="where report.md and report.html go (default: artifacts/report)")
     if name == "promote":
@@ -104,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     module_name, func_name, _ = COMMANDS[args.command]
+    if args.command == "data" and args.overrides[:1] == ["inspect"]:
+        args.overrides.pop(0)
+        module_name, func_name = "pipelines.inspect_data", "main"
     from recipes.errors import LatheError
 
     try:

@@ -16,6 +16,7 @@ reason and counted in the manifest — nothing is dropped without a record.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -69,6 +70,16 @@ def load_spec(spec: DatasetSpec, normalize: Normalizer, rejects: Rejects, rng: r
     return good, info
 
 
+def base_vocab_size(root: Path) -> int | None:
+    """The base model's vocabulary size, to check pre-tokenized rows here rather than mid-training;
+    None before the base stage has run (the SFT stage checks the ids again with the tokenizer)."""
+    manifest = root / "base" / "manifest.json"
+    if not manifest.exists():
+        return None
+    config = Path(json.loads(manifest.read_text())["outputs"]["model_dir"]) / "config.json"
+    return json.loads(config.read_text()).get("vocab_size") if config.exists() else None
+
+
 def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
     seen: set[str] = set()
     out = []
@@ -114,7 +125,8 @@ def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
         eval_rows = generated["eval"]
         sources.append({"generated": "skills", "seed": s.seed, "n_train": s.n_train, "n_eval": s.n_eval,
                         "n_preference": s.n_preference})
-    for kind, specs, normalize in (("sft", cfg.sft, normalize_sft), ("preference", cfg.preference, normalize_preference)):
+    sft = functools.partial(normalize_sft, vocab_size=base_vocab_size(root))
+    for kind, specs, normalize in (("sft", cfg.sft, sft), ("preference", cfg.preference, normalize_preference)):
         for spec in specs:
             rows, info = load_spec(spec, normalize, rejects, rng)
             sets[kind] += rows

@@ -58,13 +58,14 @@ def current_champion(recipe: Recipe) -> tuple[str, Path] | None:
 
 
 def training_curves(root: Path) -> str:
-    """A Markdown table with each training stage's logged loss (the report's training curves)."""
-    lines = ["| stage | step | loss |", "|---|---|---|"]
+    """A Markdown table with each training stage's logged training and validation loss."""
+    lines = ["| stage | step | loss | validation loss |", "|---|---|---|---|"]
     for stage in TRAINING_STAGES:
         path = root / stage / "log_history.json"
         if path.exists():
             for row in json.loads(path.read_text()):
-                lines.append(f"| {stage} | {row.get('step')} | {row.get('loss', float('nan')):.4f} |")
+                cells = [f"{row[k]:.4f}" if k in row else "" for k in ("loss", "eval_loss")]
+                lines.append(f"| {stage} | {row.get('step')} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

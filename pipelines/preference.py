@@ -18,16 +18,42 @@ from pathlib import Path
 from pipelines import launch, training
 from pipelines.checkpoints import checkpoint_dir, last_good_checkpoint
 from pipelines.manifest import read_manifest, stage_dir, write_manifest
+from recipes.errors import LatheError
 from recipes.schema import Recipe
 
 
-def load_pairs(path: Path):
+def load_pairs(path: Path, tokenizer):
+    """TRL's conversational prompt/chosen/rejected, with tool conversations in the chat format the
+    model is served with (chat/templates.py): inlined for a template without tool syntax; for one
+    with its own, the tools go in TRL's `tools` column (as JSON text)."""
     from datasets import Dataset
 
-    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, \x1c.. that rows may hold
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-    keep = ("prompt", "chosen", "rejected")
-    return Dataset.from_list([{k: r[k] for k in keep} for r in rows]) if rows else None
+    from chat.templates import ChatFormatError, chat_format
+    from pipelines.sft import read_jsonl
+
+    rows = read_jsonl(path)
+    if not rows:
+        return None
+    try:
+        fmt = chat_format(tokenizer)
+    except ChatFormatError as exc:
+        raise LatheError(f"{path}: {exc}") from None
+    pairs = []
+    for number, row in enumerate(rows, start=1):
+        prompt, tools = fmt.conversation(row["prompt"], row.get("tools"))
+        chosen, _ = fmt.conversation(row["chosen"], None)
+        rejected, _ = fmt.conversation(row["rejected"], None)
+        if fmt.native_tools and any(m.get("tool_calls") for m in prompt + chosen + rejected):
+            # Arrow would merge every call's arguments into one struct type, filling absent keys with null.
+            raise LatheError(f"{path}, line {number}: preference rows with tool calls are trained only for chat "
+                             "templates without tool syntax of their own (SmolLM2's ChatML); this model's "
+                             "template renders tool calls itself")
+        pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        pairs.append(pair | ({"tools": json.dumps(tools)} if fmt.native_tools else {}))
+    if fmt.native_tools:
+        for pair in pairs:
+            pair.setdefault("tools", "null")
+    return Dataset.from_list(pairs)
 
 
 def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
@@ -36,15 +62,15 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     sft = read_manifest("sft", root)["outputs"]
     base_dir = Path(sft["model_dir"])
     data = read_manifest("data", root)["outputs"]
-    train = load_pairs(Path(data["pref_train"]["path"]))
+    tokenizer = training.load_tokenizer(base_dir)
+    train = load_pairs(Path(data["pref_train"]["path"]), tokenizer)
     if not cfg.enabled or train is None:
         outputs = {"model_dir": str(base_dir), "base_model_dir": str(base_dir), "skipped": True}
         write_manifest(out, stage="preference", inputs={"sft": str(base_dir)}, settings=cfg.model_dump(), outputs=outputs)
         return outputs
     from trl import DPOConfig, DPOTrainer
 
-    val = load_pairs(Path(data["pref_val"]["path"]))
-    tokenizer = training.load_tokenizer(base_dir)
+    val = load_pairs(Path(data["pref_val"]["path"]), tokenizer)
     # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
     checkpoints = checkpoint_dir("preference", cfg.model_dump(mode="json"), {"data": data["pref_train"]["sha256"]},
                                  root, upstream="sft")

@@ -34,7 +34,10 @@ def prompt_rows(path: Path, fmt_label: str) -> list[dict]:
         try:
             if isinstance(row, RowError):
                 raise row
-            messages = normalize_sft(row)["messages"]
+            messages = normalize_sft(row).get("messages")
+            if messages is None or not messages[-1]["content"]:
+                raise RowError("the rl stage needs conversations whose last assistant message is the reference "
+                               "answer as text (not plain text, tokens or a tool call)")
         except RowError as exc:
             raise LatheError(f"{path}, {where}: {exc} (from {fmt_label})") from None
         rows.append({"prompt": messages[:-1], "answer": messages[-1]["content"]})

@@ -82,11 +82,25 @@ def common_args(cfg: TrainConfig, output_dir: Path, has_eval: bool) -> dict[str,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, activation_checkpointing=cfg.gradient_checkpointing,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, bf16=cuda, use_cpu=not cuda,
-        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
-        eval_strategy="no", report_to=["mlflow"] if _mlflow_active() else [],
+        **_save_and_eval(cfg, has_eval), report_to=["mlflow"] if _mlflow_active() else [],
         # Real tokens, not padding: throughput (train_tokens_per_second) and the fine-tuning API's bill count them.
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False,
     )
+
+
+def _save_and_eval(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
+    """Checkpoints and validation during training. Picking the best model needs a checkpoint at every
+    evaluation, so `load_best_model_at_end` saves every `eval_steps` (and keeps the best one too)."""
+    if cfg.eval_steps and not has_eval:
+        raise LatheError("eval_steps needs a validation split: set data.validation_fraction above 0")
+    out: dict[str, Any] = {"save_strategy": "steps" if cfg.save_steps else "no", "save_steps": cfg.save_steps or 500,
+                           "save_total_limit": 2, "eval_strategy": "no"}
+    if cfg.eval_steps:
+        out |= {"eval_strategy": "steps", "eval_steps": cfg.eval_steps}
+    if cfg.load_best_model_at_end:
+        out |= {"save_strategy": "steps", "save_steps": cfg.eval_steps, "load_best_model_at_end": True,
+                "metric_for_best_model": "eval_loss", "greater_is_better": False}
+    return out
 
 
 def _mlflow_active() -> bool:
@@ -219,6 +233,7 @@ def log_stage_to_mlflow(stage: str, metrics: dict[str, float], root: Path) -> No
 
 
 def write_log_history(trainer, path: Path) -> None:
-    """Per-step training log as a DVC plots file (TSV-free JSON list)."""
-    rows = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history if "loss" in h]
+    """Per-step training (and validation, with eval_steps) log as a DVC plots file (JSON list)."""
+    rows = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history
+            if "loss" in h or "eval_loss" in h]
     path.write_text(json.dumps(rows, indent=1) + "\n")

@@ -45,10 +45,17 @@ class ModelConfig(Section):
 
 class DatasetSpec(Section):
     path: str
-    """Local .json/.jsonl/.parquet file (relative paths resolve against the project root), or
-    `skills` for the generated skills set."""
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "hh_rlhf"] = "auto"
-    """Row layout; `auto` detects it from the keys of each row."""
+    """Local .json/.jsonl/.jsonl.gz/.parquet file, or .txt (continued pre-training: one document per
+    paragraph); relative paths resolve against the project root."""
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "tokens",
+                    "openai_preference", "preference", "hh_rlhf"] = "auto"
+    """Row layout; `auto` detects it from the keys of each row. SFT: `messages` (OpenAI / Together chat,
+    with tools, tool_calls, tool results and per-message weight), `sharegpt`, `alpaca`,
+    `prompt_completion` (Together instruction), `text` (Together / continued pre-training), `hh_rlhf`
+    (SFT on the chosen transcript, every assistant turn), `tokens`
+    (pre-tokenized input_ids with optional labels / attention_mask). Preference: `openai_preference`
+    (OpenAI / Together DPO: input, preferred_output, non_preferred_output), `preference`
+    (prompt/chosen/rejected), `sharegpt`, `hh_rlhf`."""
     weight: float = Field(1.0, gt=0)
     """Mixture weight: rows are sampled with replacement to this multiple of the set's size (1.0 = as is)."""
     max_rows: int | None = Field(None, gt=0)
@@ -145,7 +152,9 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, gt=0)
     """Gradient accumulation steps (effective batch = batch_size × grad_accum × devices)."""
     max_seq_length: int = Field(1024, gt=0)
-    """Rows longer than this (in tokens) are truncated from the end of the prompt side by TRL."""
+    """Longest row in tokens: TRL keeps a longer row's first max_seq_length tokens (SFT: unless packing
+    splits it, `bfd_split`/`wrapped`); the SFT manifest counts the trained tokens cut, and `lathe data
+    inspect` shows them."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     seed: int = 42
@@ -156,6 +165,18 @@ class TrainConfig(Section):
     """Log loss, learning rate and throughput every N steps."""
     save_steps: int = Field(0, ge=0)
     """Checkpoint every N steps (0: no intermediate checkpoints)."""
+    eval_steps: int | None = Field(None, gt=0)
+    """Validation loss every N optimizer steps while training (MLflow and the stage's log_history.json,
+    a DVC plot); None: once, at the end. Needs a validation split (data.validation_fraction > 0)."""
+    load_best_model_at_end: bool = False
+    """Hand on the checkpoint with the lowest validation loss instead of the last one (needs `eval_steps`;
+    checkpoints are then written every `eval_steps`)."""
+
+    @model_validator(mode="after")
+    def _best_needs_evals(self):
+        if self.load_best_model_at_end and not self.eval_steps:
+            raise ValueError("load_best_model_at_end needs eval_steps (the validation loss it picks by)")
+        return self
 
 
 class SFTConfig(TrainConfig):

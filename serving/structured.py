@@ -4,7 +4,8 @@ Constrained decoding (llguidance, in the engine) guarantees the shape; this modu
 shape is:
 
 - `response_format` json_object / json_schema -> the JSON schema itself (json_object: any object).
-- tools. The model writes calls the way Hermes/Qwen-style chat templates teach it:
+- tools. The model writes calls in the one syntax of chat/tool_calls.py (Hermes/Qwen style), which
+  training data is rendered in too:
   `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`. The body's schema is built from the
   tools' `parameters` (no parameters: an empty object), so the arguments are valid JSON that
   matches the tool.
@@ -21,11 +22,11 @@ import json
 import uuid
 from dataclasses import dataclass
 
+from chat.tool_calls import CALL_SEPARATOR, TOOL_CLOSE, TOOL_OPEN, parse_call
 from serving.engine import Guide
 from serving.errors import invalid_request
 from serving.protocol import ChatCompletionRequest, ChatTool, NamedToolChoice, ResponseFormat
 
-TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 _NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
@@ -85,7 +86,7 @@ def tools_guide(body: ChatCompletionRequest) -> Guide | None:
 
         tag = StructTag(trigger=TOOL_OPEN, begin=TOOL_OPEN, grammar=call_schema, end=TOOL_CLOSE)
         return Guide("lark", StructTag.to_grammar([tag], assume_special=False))
-    repeat = " (\"\\n\" call)*" if body.parallel_tool_calls and mode == "required" else ""
+    repeat = f" ({json.dumps(CALL_SEPARATOR)} call)*" if body.parallel_tool_calls and mode == "required" else ""
     return Guide("lark", "\n".join([
         "%llguidance {}",
         f"start: call{repeat}",
@@ -119,12 +120,17 @@ class ToolCallExtractor:
 
     def __init__(self) -> None:
         self._buffer = ""
+        self._after_call = False  # the separator between parallel calls is syntax, not content
         self.calls: list[ParsedToolCall] = []
 
     def feed(self, text: str) -> tuple[str, list[ParsedToolCall]]:
         self._buffer += text
         content, calls = "", []
         while True:
+            if self._after_call and self._buffer:
+                self._after_call = False
+                if self._buffer.startswith(CALL_SEPARATOR):
+                    self._buffer = self._buffer[len(CALL_SEPARATOR):]
             start = self._buffer.find(TOOL_OPEN)
             if start == -1:
                 keep = _partial_prefix_len(self._buffer, TOOL_OPEN)
@@ -142,6 +148,7 @@ class ToolCallExtractor:
             else:
                 content += self._buffer[:start]
                 calls.append(call)
+                self._after_call = True
             self._buffer = self._buffer[end + len(TOOL_CLOSE):]
         self.calls += calls
         return content, calls
@@ -153,14 +160,11 @@ class ToolCallExtractor:
 
 
 def _parse_call(body: str) -> ParsedToolCall | None:
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
+    parsed = parse_call(body)
+    if parsed is None:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    arguments = data.get("arguments", data.get("parameters", {}))
-    return ParsedToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=data["name"], arguments=json.dumps(arguments))
+    name, arguments = parsed
+    return ParsedToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=json.dumps(arguments))
 
 
 def _partial_prefix_len(text: str, marker: str) -> int:

@@ -23,6 +23,17 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# SmolLM2-135M-Instruct's own template (Apache-2.0, HuggingFaceTB): no {% generation %} markers and no
+# tool syntax — the embedded default's case, which the prefix-rendered spans and inlined tools serve.
+CONTEXT = 2048  # the tiny model's context length (a tool definitions prompt alone is ~600 of its tokens)
+
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 WORDS = ("the cat dog sat on mat red blue green what is answer number sum of and plus reply with only "
          "capital france paris yes no one two three four five six seven eight nine ten hello world "
          "json name value true false question choice letter a b c d").split()
@@ -56,12 +67,12 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, seed: int = 0) 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = CHATML_TEMPLATE
-    fast.model_max_length = 512
+    fast.model_max_length = CONTEXT
     fast.save_pretrained(out)
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)

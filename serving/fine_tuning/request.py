@@ -4,7 +4,7 @@ OpenAI: `model`, `training_file`, `validation_file`, `hyperparameters` (batch_si
 learning_rate_multiplier, n_epochs), `method` ({type: supervised|dpo, supervised|dpo: {hyperparameters}},
 dpo adds `beta`), `suffix`, `seed`, `metadata`. Together: `n_epochs`, `learning_rate`, `batch_size`,
 `lora`, `lora_r`, `lora_alpha`, `lora_dropout`, `lora_trainable_modules`, `warmup_ratio`,
-`n_checkpoints`, `train_on_inputs`, `training_method` ({method: sft|dpo, dpo_beta}).
+`n_checkpoints`, `n_evals` (validation loss that many times during training), `train_on_inputs`, `training_method` ({method: sft|dpo, dpo_beta}).
 
 A setting given twice with different values (e.g. `n_epochs` and `hyperparameters.n_epochs`) is a 400
 naming both; "auto" or absent means "the base recipe's value". Fields neither API defines are ignored
@@ -79,13 +79,14 @@ class CreateJob(_Open, ValidUnicodeBody):
     lora_trainable_modules: str | list[str] | None = None
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
     n_checkpoints: int | None = Field(None, ge=1)
+    n_evals: int | None = Field(None, ge=0)
     train_on_inputs: bool | Auto | None = None
     training_method: TrainingMethod | None = None
 
 
 # Settings a JobSpec carries; None = the base recipe's value.
 SPEC_KEYS = ("batch_size", "learning_rate", "learning_rate_multiplier", "n_epochs", "beta", "lora_r", "lora_alpha",
-             "lora_dropout", "target_modules", "warmup_ratio", "n_checkpoints", "train_on_inputs")
+             "lora_dropout", "target_modules", "warmup_ratio", "n_checkpoints", "n_evals", "train_on_inputs")
 IGNORED = {"integrations", "wandb_api_key", "wandb_project_name", "wandb_name", "wandb_base_url"}
 
 
@@ -126,6 +127,9 @@ def job_spec(body: CreateJob) -> dict[str, Any]:
     put("target_modules", _modules(body.lora_trainable_modules), "lora_trainable_modules")
     put("warmup_ratio", body.warmup_ratio, "warmup_ratio")
     put("n_checkpoints", body.n_checkpoints, "n_checkpoints")
+    put("n_evals", body.n_evals or None, "n_evals")
+    if spec["n_evals"] and not body.validation_file:
+        raise invalid_request("n_evals needs a validation_file: the validation loss is measured on it.", "n_evals")
     put("train_on_inputs", body.train_on_inputs, "train_on_inputs")
     if body.training_method is not None:
         put("beta", body.training_method.dpo_beta, "training_method.dpo_beta")

@@ -148,6 +148,9 @@ class JobRun:
         every = workspace.save_steps(recipe, rows["training_file"], self.spec.get("n_checkpoints")
                                      or settings.n_checkpoints)
         recipe[training_stage(self.spec)]["save_steps"] = every
+        if self.spec.get("n_evals"):  # Together's n_evals: validation loss that many times over the run
+            recipe[training_stage(self.spec)]["eval_steps"] = workspace.save_steps(recipe, rows["training_file"],
+                                                                                  self.spec["n_evals"])
         workspace.write_recipe(recipe_path, recipe)
         counts = f"{rows['training_file']} training rows" + (
             f", {rows['validation_file']} validation rows" if "validation_file" in rows else "")

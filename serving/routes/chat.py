@@ -100,15 +100,19 @@ def encode_chat(engine: Engine, body: ChatCompletionRequest, sanitize: bool) -> 
     """Render with the model's own chat template and tokenize (the template adds BOS etc. itself)."""
     from jinja2 import TemplateError
 
+    from chat.templates import chat_format
+
     tokenizer = engine.tokenizer
     if not tokenizer.chat_template:
         raise invalid_request("This model has no chat template; use /v1/completions with a plain prompt.",
                               "messages")
-    conversation = [_template_message(m) for m in body.messages]
+    # Tools reach a template without tool syntax as training put them there (chat/templates.py).
+    conversation, tools = chat_format(tokenizer).conversation([_template_message(m) for m in body.messages],
+                                                              template_tools(body))
     continue_final = body.continue_final_message
     try:
         return list(tokenizer.apply_chat_template(
-            conversation, tools=template_tools(body),
+            conversation, tools=tools,
             add_generation_prompt=body.add_generation_prompt and not continue_final,
             continue_final_message=continue_final, tokenize=True, return_dict=False,
             sanitize_control_tokens=sanitize))

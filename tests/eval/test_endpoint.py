@@ -13,8 +13,9 @@ from eval.harness import run_suites, run_suites_endpoint
 from recipes.errors import LatheError
 from recipes.schema import SuiteConfig
 from tests.serving.conftest import MODEL_NAME, running_server
+from tests.tiny_model import CONTEXT
 
-# 0-shot: a 5-shot MMLU prompt is longer than the tiny model's 512-token context, and a server can take
+# 0-shot: a 5-shot MMLU prompt is longer than the tiny model's 2048-token context, and a server can take
 # at most context-1 prompt tokens (it must generate one), one less than the hf backend keeps; scores on
 # truncated prompts then differ in the third decimal (see eval/README.md). Untruncated, they are equal.
 SUITES = [SuiteConfig(name="skills"),
@@ -51,7 +52,7 @@ def test_results_record_the_endpoint_backend(both_runs, base_url, tiny_model_dir
     for suite in ("skills", "mmlu"):
         settings = stored["suites"][suite]["settings"]
         assert settings["backend"] == "local-completions" and settings["endpoint"] == base_url
-        assert settings["served_model"] == MODEL_NAME and settings["context_length"] == 512
+        assert settings["served_model"] == MODEL_NAME and settings["context_length"] == CONTEXT
         assert settings["tokenizer_dir"] == str(Path(tiny_model_dir).resolve())
         assert both_runs["local"]["suites"][suite]["settings"]["backend"] == "hf"
 

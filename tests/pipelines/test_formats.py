@@ -55,7 +55,23 @@ def test_hh_rlhf_transcripts_split_into_prompt_and_answers(shared_data):
     ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}, "must be a string"),
     ({"instruction": "", "output": "x"}, "instruction is empty"),
     ({"conversations": [{"from": "alien", "value": "x"}]}, "conversations[0].from"),
-    ({"text": "raw"}, "unknown row layout"),
+    ({"txt": "raw"}, "unknown row layout"),
+    ({"text": " "}, "text is empty"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}, "message 1 tool_calls[0].function.arguments is not valid JSON"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0.5}]}, "message 1 weight must be 0 or 1"),
+    ({"messages": [{"role": "user", "content": "x", "weight": 1}, {"role": "assistant", "content": "y"}]}, "only assistant messages are trained"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]}, "trains nothing"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r"}, {"role": "assistant", "content": "y"}]}, "does not follow an assistant's tool calls"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}, {"role": "assistant", "content": "y"}]}, "only text parts"),
+    ({"parallel_tool_calls": False, "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{}"}}, {"type": "function", "function": {"name": "g", "arguments": "{}"}}]}]}, "parallel_tool_calls: false"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": [{"type": "function"}]}, "tools[0] must be"),
+    ({"input_ids": [1, "2"]}, "input_ids must be a non-empty list of integers"),
+    ({"input_ids": [1, 2], "labels": [-100, -100]}, "no token is trained"),
+    ({"input_ids": [1, 2], "labels": [1, 3]}, "labels must equal input_ids"),
+    ({"input_ids": [1, 2], "attention_mask": [1, 2]}, "attention_mask must hold 0 and 1"),
+    ({"prompt": "q", "chosen": "a", "rejected": "b"}, "list it under data.preference"),
     ([1, 2], "JSON object"),
 ])
 def test_bad_sft_rows_say_why(row, reason):
@@ -98,8 +114,13 @@ def test_any_row_normalises_or_raises_row_error(row):
     except RowError as exc:
         assert str(exc)
     else:
-        assert out["messages"][-1]["role"] == "assistant"
-        assert all(m["content"].strip() for m in out["messages"])
+        if "text" in out:
+            assert out["text"].strip()
+        elif "input_ids" in out:
+            assert out["input_ids"] and all(isinstance(t, int) for t in out["input_ids"])
+        else:
+            assert out["messages"][-1]["role"] == "assistant"
+            assert all(m["content"].strip() for m in out["messages"] if m["content"] is not None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -111,3 +132,75 @@ def test_any_preference_row_normalises_or_raises_row_error(row):
         assert str(exc)
     else:
         assert out["chosen"] != out["rejected"]
+
+
+# ---------------------------------------------------------------- files as users have them
+
+OPENAI_CHAT = {  # OpenAI's chat fine-tuning example with tools, as in their docs, plus a weight-0 turn
+    "messages": [
+        {"role": "user", "content": "What is the weather in San Francisco?"},
+        {"role": "assistant", "tool_calls": [{"id": "call_id", "type": "function", "function": {
+            "name": "get_current_weather", "arguments": "{\"location\": \"San Francisco, USA\", \"format\": \"celsius\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_id", "content": "21.0"},
+        {"role": "assistant", "content": "It is 21 degrees celsius in San Francisco, CA", "weight": 0},
+        {"role": "user", "content": "And tomorrow?"},
+        {"role": "assistant", "content": "I can only see the weather now."},
+    ],
+    "tools": [{"type": "function", "function": {
+        "name": "get_current_weather", "description": "Get the current weather",
+        "parameters": {"type": "object", "properties": {
+            "location": {"type": "string", "description": "The city and country, eg. San Francisco, USA"},
+            "format": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location", "format"]}}}],
+    "parallel_tool_calls": False,
+}
+OPENAI_DPO = {"input": {"messages": [{"role": "user", "content": "Hello, can you tell me how cold San Francisco is today?"}],
+                        "tools": [], "parallel_tool_calls": True},
+              "preferred_output": [{"role": "assistant", "content": "Today in San Francisco, it is not quite cold as expected."}],
+              "non_preferred_output": [{"role": "assistant", "content": "It is not particularly cold in San Francisco today."}]}
+
+
+def test_openai_chat_rows_keep_tools_calls_results_and_weights():
+    out = normalize_sft(OPENAI_CHAT)
+    call = out["messages"][1]
+    assert call["content"] is None
+    assert call["tool_calls"][0]["function"] == {"name": "get_current_weather",
+                                                 "arguments": {"location": "San Francisco, USA", "format": "celsius"}}
+    assert out["messages"][2] == {"role": "tool", "content": "21.0", "tool_call_id": "call_id"}
+    assert out["messages"][3]["weight"] == 0 and "weight" not in out["messages"][5]
+    assert out["tools"] == OPENAI_CHAT["tools"]
+
+
+def test_openai_and_together_preference_rows():
+    out = normalize_preference(OPENAI_DPO)
+    assert out == {"prompt": OPENAI_DPO["input"]["messages"], "chosen": OPENAI_DPO["preferred_output"],
+                   "rejected": OPENAI_DPO["non_preferred_output"]}
+    with pytest.raises(RowError, match="input must be an object"):
+        normalize_preference({"preferred_output": "a", "non_preferred_output": "b"})
+
+
+def test_legacy_functions_and_function_call_become_tools_and_tool_calls():
+    out = normalize_sft({"functions": [{"name": "f", "parameters": {"type": "object", "properties": {}}}],
+                         "messages": [{"role": "user", "content": "x"},
+                                      {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+                                      {"role": "function", "name": "f", "content": "ok"},
+                                      {"role": "assistant", "content": "done"}]})
+    assert out["tools"][0]["function"]["name"] == "f"
+    assert out["messages"][1]["tool_calls"][0]["function"] == {"name": "f", "arguments": {}}
+    assert out["messages"][2] == {"role": "tool", "content": "ok", "name": "f"}
+
+
+def test_text_files_and_pre_tokenized_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("First document,\nsecond line.\n\n\nSecond document.\n")
+    assert list(read_rows(path)) == [("line 1", {"text": "First document,\nsecond line."}),
+                                     ("line 5", {"text": "Second document."})]
+    table = pa.table({"input_ids": [[1, 2, 3, 0], [4, 5]], "labels": [[-100, 2, 3, -100], None],
+                      "attention_mask": [[1, 1, 1, 0], None]})
+    pq.write_table(table, tmp_path / "tokens.parquet")
+    rows = [normalize_sft(row, vocab_size=10) for _, row in read_rows(tmp_path / "tokens.parquet")]
+    assert rows == [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5]}]
+    with pytest.raises(RowError, match="outside the model's vocabulary"):
+        normalize_sft({"input_ids": [4, 50]}, vocab_size=10)

@@ -159,9 +159,10 @@ def test_two_process_zero3_sft_saves_a_model_that_reloads(method, staged_cwd, ti
 
     manifest = json.loads((staged_cwd / "artifacts" / "sft" / "manifest.json").read_text())
     history = json.loads((staged_cwd / "artifacts" / "sft" / "log_history.json").read_text())
-    assert [row["step"] for row in history] == [1, 2, 3]
+    train_rows = [row for row in history if "loss" in row]  # then the final validation loss
+    assert [row["step"] for row in train_rows] == [1, 2, 3] and "eval_loss" in history[-1]
     # 2 ranks × batch 4 = 8 rows per step: each rank saw its own half of the data (one process: 4 per step).
-    assert history[-1]["epoch"] == pytest.approx(3 / math.ceil(manifest["inputs"]["train"]["rows"] / 8))
+    assert train_rows[-1]["epoch"] == pytest.approx(3 / math.ceil(manifest["inputs"]["train"]["rows"] / 8))
 
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     if method == "lora":

@@ -30,6 +30,7 @@ def staged(tiny_model_dir, tmp_path_factory):
 
 
 def test_sft_labels_mask_the_prompt_and_keep_eos(staged):
+    """The encoder's labels reach the model through TRL's preparation and collator unchanged."""
     from trl import SFTConfig, SFTTrainer
 
     from pipelines import training
@@ -38,9 +39,9 @@ def test_sft_labels_mask_the_prompt_and_keep_eos(staged):
     root, recipe = staged
     base = Path(read_manifest("base", root)["outputs"]["model_dir"])
     tokenizer = training.load_tokenizer(base)
-    train = load_split(root / "data" / "sft_train.jsonl", assistant_only=True)
+    train, encoded = load_split(root / "data" / "sft_train.jsonl", tokenizer, assistant_only=True)
     args = SFTConfig(**training.common_args(recipe.sft, root / "tmp", False), max_length=256,
-                     completion_only_loss=True, eos_token=tokenizer.eos_token)
+                     eos_token=tokenizer.eos_token)
     trainer = SFTTrainer(model=training.load_model(base, recipe.sft), args=args, train_dataset=train,
                          processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -52,10 +53,11 @@ def test_sft_labels_mask_the_prompt_and_keep_eos(staged):
         decoded_answer = tokenizer.decode(labels[real][trained])
         assert "<|im_start|>user" in decoded_prompt and "<|im_start|>" not in decoded_answer
         # pad == eos here: the answer's closing <|im_end|> must still be a label, or the model never stops.
-        answer_ids = labels[real][trained].tolist()
-        assert eos in answer_ids[-2:], decoded_answer  # ChatML closes a turn with "<|im_end|>\n"
-        assert decoded_answer.rstrip("\n").endswith("<|im_end|>")
+        assert labels[real][trained].tolist()[-1] == eos, decoded_answer
         assert (labels[~real] == -100).all()
+    first = trainer.train_dataset[0]
+    match = next(enc for enc in encoded if enc.input_ids == first["input_ids"])
+    assert first["labels"] == match.labels
 
 
 def test_sft_then_dpo_hand_off_adapters_and_merged_models(staged):
@@ -69,8 +71,10 @@ def test_sft_then_dpo_hand_off_adapters_and_merged_models(staged):
     assert Path(sft["adapter_dir"], "adapter_model.safetensors").exists()
     assert json.loads(Path(sft["adapter_dir"], "lathe_base.json").read_text())["base_model_dir"] == sft["base_model_dir"]
     assert manifest["metrics"]["train_tokens_per_second"] > 0
-    losses = [row["loss"] for row in json.loads((root / "sft" / "log_history.json").read_text())]
+    history = json.loads((root / "sft" / "log_history.json").read_text())
+    losses = [row["loss"] for row in history if "loss" in row]
     assert len(losses) == 4
+    assert history[-1]["eval_loss"] == pytest.approx(manifest["metrics"]["eval_loss"])  # the final validation
     # Golden values on the tiny model (fixed seeds): a change here is a behaviour change, not noise.
     assert losses[0] == pytest.approx(6.1523, abs=2e-3)
     assert losses[-1] < losses[0]
@@ -79,7 +83,7 @@ def test_sft_then_dpo_hand_off_adapters_and_merged_models(staged):
     assert Path(pref["model_dir"], "model.safetensors").exists()
     assert pref["base_model_dir"] == sft["model_dir"]
     history = json.loads((root / "preference" / "log_history.json").read_text())
-    assert history and all("loss" in row for row in history)
+    assert history and all("loss" in row or "eval_loss" in row for row in history)
 
     from transformers import AutoModelForCausalLM
 
@@ -101,3 +105,23 @@ def test_qlora_on_cpu_is_a_clear_error(staged):
     root, _ = staged
     with pytest.raises(LatheError, match="qlora needs a CUDA GPU"):
         run_sft(load_recipe("default", SMALL + ["sft.method=qlora"]), root)
+
+
+def test_eval_steps_measure_validation_loss_during_training_and_keep_the_best(staged, tmp_path):
+    import shutil
+
+    from pipelines.sft import run_sft
+    from recipes import LatheError
+
+    root, _ = staged
+    copy = tmp_path / "artifacts"
+    for stage in ("base", "data"):
+        shutil.copytree(root / stage, copy / stage)
+    recipe = load_recipe("default", SMALL + ["sft.eval_steps=2", "sft.load_best_model_at_end=true"])
+    torch.manual_seed(0)
+    run_sft(recipe, copy)
+    history = json.loads((copy / "sft" / "log_history.json").read_text())
+    evals = [row["step"] for row in history if "eval_loss" in row]
+    assert evals[:2] == [2, 4]  # during training, then once more at the end
+    with pytest.raises(LatheError, match="load_best_model_at_end needs eval_steps"):
+        load_recipe("default", SMALL + ["sft.load_best_model_at_end=true"])

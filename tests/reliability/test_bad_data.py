@@ -77,7 +77,12 @@ BAD_SFT_ROWS = [
     {"instruction": " ", "output": "a"},
     {"instruction": "q", "output": "a", "input": 5},
     {"prompt": "q", "completion": ""},
-    {"text": "raw text"},                                           # unknown layout
+    {"txt": "raw text"},                                            # unknown layout
+    {"text": " "},                                                  # empty document
+    {"input_ids": [1, -2]},                                         # not a token id
+    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None,
+                  "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}]},   # arguments not JSON
+    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 3}]},
     {},
     [1, 2], "a string", 42, None, True,                              # not an object
     b"{not json", b"\xff\xfe\"bad utf-8\"", b"[1, 2", b"{\"messages\": [}", b"nul\x00l",
@@ -91,6 +96,8 @@ BAD_PREFERENCE_ROWS = [
     {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: other\n\nAssistant: b"},
     {"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
     {"prompt": "q", "chosen": 1, "rejected": "b"},
+    {"input": "q", "preferred_output": "a", "non_preferred_output": "b"},   # OpenAI DPO: input not an object
+    {"text": "not a pair"},
     b"\"unterminated",
 ]
 BLANK = [b"", b"   ", b"\t"]
@@ -266,11 +273,12 @@ def test_every_listed_bad_row_is_rejected_alone(tmp_path, tally):
     assert outputs["sft_train"]["rows"] == outputs["pref_train"]["rows"] == 0
 
 
-def test_rows_with_unicode_line_breaks_reach_the_trainers_intact(tmp_path):
+def test_rows_with_unicode_line_breaks_reach_the_trainers_intact(tmp_path, tiny_model_dir):
     """U+2028, U+0085, \\x1c... are written raw (ensure_ascii=False); the SFT and preference
     loaders must split the stage's files on "\\n" only (str.splitlines() broke them)."""
     from pipelines.preference import load_pairs
     from pipelines.sft import load_split
+    from pipelines.training import load_tokenizer
 
     breaks = "a\u2028b\u2029c\x85d\x1ce\x0bf\x0cg\rh"
     sft = write(tmp_path / "sft.jsonl", [json.dumps(render((None, breaks, breaks), "messages")).encode()], False)
@@ -280,7 +288,8 @@ def test_rows_with_unicode_line_breaks_reach_the_trainers_intact(tmp_path):
                                              "sft": [{"path": str(sft)}], "preference": [{"path": str(pref)}]}}),
              root=tmp_path / "artifacts")
     out = tmp_path / "artifacts" / "data"
-    sft_rows_ = load_split(out / "sft_train.jsonl", assistant_only=False)
-    pairs = load_pairs(out / "pref_train.jsonl")
-    assert sft_rows_[0]["messages"][0]["content"] == breaks
+    tokenizer = load_tokenizer(tiny_model_dir)
+    _, encoded = load_split(out / "sft_train.jsonl", tokenizer, assistant_only=False)
+    pairs = load_pairs(out / "pref_train.jsonl", tokenizer)
+    assert breaks in encoded[0].text and encoded[0].trained_tokens == len(encoded[0].input_ids)
     assert pairs[0]["prompt"][0]["content"] == breaks and pairs[0]["chosen"][0]["content"] == breaks

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from tests.serving.conftest import MODEL_NAME
+from tests.tiny_model import CONTEXT
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -64,14 +65,14 @@ def test_unknown_model_is_404(client):
 
 
 def test_context_overflow_is_400_context_length_exceeded(client):
-    long_prompt = "the cat sat on the mat " * 200
+    long_prompt = "the cat sat on the mat " * 800
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": long_prompt}])
     assert caught.value.code == "context_length_exceeded" and caught.value.param == "messages"
     with pytest.raises(openai.BadRequestError) as caught:  # fits alone, but not with max_tokens
-        client.completions.create(model=MODEL_NAME, prompt=[[5] * 500], max_tokens=100)
+        client.completions.create(model=MODEL_NAME, prompt=[[5] * (CONTEXT - 12)], max_tokens=100)
     assert caught.value.code == "context_length_exceeded" and caught.value.param == "prompt"
-    assert "512" in caught.value.message
+    assert str(CONTEXT) in caught.value.message
 
 
 def test_out_of_vocabulary_token_ids_are_400(client):

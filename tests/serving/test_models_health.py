@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx2
 
 from tests.serving.conftest import MODEL_NAME
+from tests.tiny_model import CONTEXT
 
 
 def test_models_lists_the_served_model(client, tiny_model_dir):
@@ -12,7 +13,7 @@ def test_models_lists_the_served_model(client, tiny_model_dir):
     assert [m.id for m in models] == [MODEL_NAME]
     card = client.models.retrieve(MODEL_NAME)
     assert card.owned_by == "lathe"
-    assert card.model_extra["max_model_len"] == 512
+    assert card.model_extra["max_model_len"] == CONTEXT
     assert card.model_extra["root"] == str(tiny_model_dir)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.serving.conftest import MODEL_NAME
+from tests.tiny_model import CONTEXT
 
 MESSAGES = [{"role": "user", "content": "what is the answer? reply with one number"}]
 
@@ -82,8 +83,8 @@ def test_together_integer_logprobs_add_parallel_lists(client):
 
 
 def test_truncate_lowers_max_tokens_instead_of_400(client):
-    prompt = [[5] * 500]  # 500 of the 512 context tokens
+    prompt = [[5] * (CONTEXT - 12)]  # all but 12 of the context's tokens
     out = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=100, temperature=0,
                                     extra_body={"context_length_exceeded_behavior": "truncate"})
-    assert out.usage.completion_tokens <= 12 and out.usage.total_tokens <= 512
+    assert out.usage.completion_tokens <= 12 and out.usage.total_tokens <= CONTEXT
     assert out.choices[0].finish_reason in ("length", "stop")

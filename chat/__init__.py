@@ -1,0 +1,8 @@
+"""The chat format, one definition for training, evaluation and serving: how a conversation (with
+tools, tool calls and tool results) becomes text and tokens, and which of those tokens are trained.
+
+- `tool_calls`: the tool-call syntax the model writes and the server parses and constrains.
+- `templates`: which chat template renders a conversation (the model's own, or the model's own
+  extended with tool syntax), and its training twin with `{% generation %}` markers.
+- `encode`: a normalised row → input_ids and labels (the trained spans), for SFT and `lathe data inspect`.
+"""
