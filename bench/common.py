@@ -152,12 +152,22 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"bench": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": " ".join(shlex.quote(a) for a in [Path(PYTHON).name, "-m", f"bench.{name}", *sys.argv[1:]]),
-                "machine": machine(), **payload}
+                "machine": machine(), "commit": _commit(), **payload}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=1, default=str) + "\n")
     os.replace(tmp, path)
     print(f"results: {path}", flush=True)
     return path
+
+
+def _commit() -> str:
+    """The commit measured, marked `+changes` when the working tree differs from it."""
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
 
 
 def log(message: str) -> None:

@@ -36,6 +36,20 @@ def parse_call(body: str) -> tuple[str, dict] | None:
     return data["name"], data.get("arguments", data.get("parameters", {}))
 
 
+def extract_calls(text: str) -> tuple[str, list[tuple[str, dict]]]:
+    """A finished answer → (the text outside the calls, [(name, arguments)]). Text in call tags that is
+    not a call stays text, as the server's streaming extractor keeps it."""
+    content, calls, at = [], [], 0
+    while (start := text.find(TOOL_OPEN, at)) != -1 and (end := text.find(TOOL_CLOSE, start)) != -1:
+        parsed = parse_call(text[start + len(TOOL_OPEN):end])
+        content.append(text[at:start] if parsed else text[at:end + len(TOOL_CLOSE)])
+        if parsed:
+            calls.append(parsed)
+        at = end + len(TOOL_CLOSE)
+    content.append(text[at:])
+    return "".join(content), calls
+
+
 def tools_prompt(tools: list[dict]) -> str:
     """How a model whose chat template has no tool syntax is told about the tools (the Hermes/Qwen
     wording, with this module's call syntax), appended to the system message."""

@@ -175,6 +175,8 @@ class _Run:
     def suite(self, suite: SuiteConfig, task_dir: Path) -> dict:
         if suite.name == "retention":
             return self._retention(suite)
+        if suite.name == "tools":
+            return self._tools(suite)
         try:
             prepared = catalog.prepare(suite, mirror_dir=self.mirror_dir, skills_file=self.skills_file,
                                       task_dir=task_dir)
@@ -232,6 +234,37 @@ class _Run:
             self.cache.put(self.model.identity, "retention", key, entry, samples_path)
         return entry
 
+    def _tools(self, suite: SuiteConfig) -> dict:
+        """Not lm-eval: BFCL function calls asked as `lathe serve` asks, scored by BFCL's rule (eval/tools.py)."""
+        from eval import tools
+
+        if not isinstance(self.model, _LocalModel):
+            return {"status": "not_run", "reason": "tools: judged in process on a local model directory for now",
+                    "fix": "run it in the evaluate stage; against a server, `python -m bench.tools` asks it with the openai client."}
+        subsets = suite.subjects or ["simple_python", "multiple"]
+        data = {f"{s}{kind}": p for s in subsets for kind, p in zip(("", "_answers"), tools.files(self.mirror_dir, s))}
+        if missing := [str(p) for p in data.values() if not p.exists()]:
+            return {"status": "not_run", "reason": f"tools: BFCL files missing: {', '.join(missing)}",
+                    "fix": "put BFCL v4 files under <eval.mirror_dir>/bfcl (see eval/README.md)."}
+        request = {"suite": "tools", "task": "tools", "num_fewshot": 0, "limit": suite.limit, "subjects": subsets,
+                   "max_gen_toks": suite.max_gen_toks or 128, "seed": self.seed, "apply_chat_template": True,
+                   "data_source": f"BFCL v4 in {self.mirror_dir / 'bfcl'}", **self.model.settings(True),
+                   "data_files": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in data.items()},
+                   "task_config_sha256": tree_sha256([Path(tools.__file__)] + sorted(Path(chat_dir()).glob("*.py"))),
+                   "versions": _versions()}
+        key = settings_key(self.model.identity, _key_view(request))
+        samples_path = self.out_dir / "samples" / "tools.jsonl"
+        if self.cache and (hit := self.cache.get(self.model.identity, "tools", key, samples_path)):
+            return {**hit, "cache": "hit"}
+        entry = tools.evaluate(self.model.model_dir, self.mirror_dir, subsets, limit=suite.limit,
+                               samples_path=samples_path, max_new_tokens=request["max_gen_toks"],
+                               device=self.model.device, dtype=self.model.dtype)
+        entry.update(settings={**request, "n_samples": {"scored": entry["n"], "available": entry["n"]}},
+                     samples_file=str(samples_path.relative_to(self.out_dir)), cache="miss")
+        if self.cache:
+            self.cache.put(self.model.identity, "tools", key, entry, samples_path)
+        return entry
+
     def _request(self, suite: SuiteConfig, prepared: catalog.PreparedSuite) -> dict:
         """Every input that changes the suite's scores: the settings recorded and the cache key."""
         task_files = sorted(p for p in catalog.TASKS_DIR.iterdir() if p.suffix in (".yaml", ".py"))
@@ -287,6 +320,13 @@ class _Run:
         raw_path.parent.mkdir(parents=True, exist_ok=True)
         raw_path.write_text(json.dumps({k: v for k, v in raw.items() if k != "samples"}, indent=1, default=str))
         return entry
+
+
+def chat_dir() -> Path:
+    """The chat format's code: how the tools suite asks changes its scores."""
+    import chat
+
+    return Path(chat.__file__).parent
 
 
 def _key_view(request: dict) -> dict:

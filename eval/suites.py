@@ -24,12 +24,12 @@ GSM8K_DIR = "gsm8k"
 HELLASWAG_FILE = "hellaswag/hellaswag.jsonl"
 HUMANEVAL_FILE = "humaneval/HumanEval.jsonl.gz"
 
-STANDARD_FEWSHOT = {"skills": 0, "mmlu": 5, "gsm8k": 5, "humaneval": 0, "hellaswag": 10, "retention": 0}
+STANDARD_FEWSHOT = {"skills": 0, "mmlu": 5, "gsm8k": 5, "humaneval": 0, "hellaswag": 10, "retention": 0, "tools": 0}
 """Few-shot counts when a SuiteConfig leaves num_fewshot unset (Open LLM Leaderboard v1 settings)."""
 PRIMARY_METRIC = {"skills": "exact_match", "mmlu": "acc", "gsm8k": "exact_match_strict-match",
-                  "hellaswag": "acc_norm", "humaneval": "pass_at_1", "retention": "kl"}
+                  "hellaswag": "acc_norm", "humaneval": "pass_at_1", "retention": "kl", "tools": "acc"}
 """The metric the summary table, the report and `flat_metrics` lead with, per suite."""
-FIXED_CHAT_TEMPLATE = {"skills": True, "retention": True}
+FIXED_CHAT_TEMPLATE = {"skills": True, "retention": True, "tools": True}
 """Suites whose chat-template setting does not follow the caller's: skills prompts are user messages."""
 
 
@@ -81,9 +81,9 @@ def validate_suites(suites: list[SuiteConfig]) -> None:
         if suite.name in seen:
             raise LatheError(f"eval.suites: suite {suite.name!r} is listed twice; keep one entry per suite.")
         seen.add(suite.name)
-        if suite.subjects is not None and suite.name != "mmlu":
-            raise LatheError(f"eval.suites[{suite.name}].subjects: only the mmlu suite has subjects.")
-        if suite.subjects is not None:
+        if suite.subjects is not None and suite.name not in ("mmlu", "tools"):
+            raise LatheError(f"eval.suites[{suite.name}].subjects: only the mmlu and tools suites have subjects.")
+        if suite.subjects is not None and suite.name == "mmlu":
             known = mmlu_subjects()
             for subject in suite.subjects:
                 if subject not in known:

@@ -70,6 +70,21 @@ def load_spec(spec: DatasetSpec, normalize: Normalizer, rejects: Rejects, rng: r
     return good, info
 
 
+def bfcl_rows(mirror: Path, subsets: list[str]) -> tuple[list[dict], list[dict]]:
+    """`data.tools`: the BFCL items the `tools` suite does not score, as checked chat rows."""
+    from eval import tools
+
+    rows, sources = [], []
+    for subset in subsets:
+        questions, answers = tools.files(mirror, subset)
+        if not (questions.exists() and answers.exists()):
+            raise LatheError(f"data.tools: {questions} or its answers file is missing (BFCL v4 under eval.mirror_dir/bfcl)")
+        rows += [normalize_sft(row) for row in tools.training_rows(mirror, subset)]
+        sources.append({"generated": "bfcl", "subset": subset, "path": str(questions), "sha256": sha256_file(questions),
+                        "answers_sha256": sha256_file(answers)})
+    return rows, sources
+
+
 def base_vocab_size(root: Path) -> int | None:
     """The base model's vocabulary size, to check pre-tokenized rows here rather than mid-training;
     None before the base stage has run (the SFT stage checks the ids again with the tokenizer)."""
@@ -125,6 +140,10 @@ def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
         eval_rows = generated["eval"]
         sources.append({"generated": "skills", "seed": s.seed, "n_train": s.n_train, "n_eval": s.n_eval,
                         "n_preference": s.n_preference})
+    if cfg.tools.enabled:
+        rows, info = bfcl_rows(Path(recipe.eval.mirror_dir), cfg.tools.subsets)
+        sets["sft"] += rows
+        sources += info
     sft = functools.partial(normalize_sft, vocab_size=base_vocab_size(root))
     for kind, specs, normalize in (("sft", cfg.sft, sft), ("preference", cfg.preference, normalize_preference)):
         for spec in specs:

@@ -95,6 +95,14 @@ class ReplayConfig(Section):
     0: none."""
 
 
+class ToolsDataConfig(Section):
+    enabled: bool = False
+    """Train on BFCL v4 function-calling items (from `eval.mirror_dir`/bfcl) that the `tools` eval suite
+    holds out from itself: OpenAI chat rows with tools and the expected calls (eval/tools.py)."""
+    subsets: list[Literal["simple_python", "multiple", "parallel"]] = Field(default_factory=lambda: ["simple_python"])
+    """BFCL sets to train on (their non-held-out half)."""
+
+
 class DataConfig(Section):
     sft: list[DatasetSpec] = Field(default_factory=list)
     """Extra SFT datasets mixed with the skills set."""
@@ -104,6 +112,8 @@ class DataConfig(Section):
     """The generated skills set: something the base model fails today and can learn in minutes."""
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     """Self-distillation replay mixed into SFT so the tuned model keeps what the base could already do."""
+    tools: ToolsDataConfig = Field(default_factory=ToolsDataConfig)
+    """Function-calling rows from BFCL (off by default; recipes/tools-135m.yaml turns it on)."""
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of each training set held out for validation loss."""
     on_bad_row: Literal["error", "skip"] = "error"
@@ -251,15 +261,22 @@ class DistributedConfig(Section):
 
 
 class SuiteConfig(Section):
-    name: Literal["skills", "mmlu", "gsm8k", "humaneval", "hellaswag", "retention"]
+    name: Literal["skills", "mmlu", "gsm8k", "humaneval", "hellaswag", "retention", "tools"]
     """Benchmark suite. `retention` is not a benchmark: KL(base ‖ model) on the base model's own answers to
-    held-out general prompts (eval/retention.py), 0 for the base; it measures forgetting."""
+    held-out general prompts (eval/retention.py), 0 for the base; it measures forgetting. `tools`: BFCL v4
+    function calls asked as `lathe serve` asks, scored by BFCL's rule on held-out items (eval/tools.py)."""
     num_fewshot: int | None = None
     """Few-shot examples (None: the suite's standard count: MMLU 5, GSM8K 5, HumanEval 0, HellaSwag 10)."""
     limit: int | None = Field(None, gt=0)
     """Items per task (None: all). MMLU applies it per subject."""
     subjects: list[str] | None = None
-    """MMLU subjects to run (None: all 57)."""
+    """MMLU subjects to run (None: all 57); for `tools`, the BFCL sets (None: simple_python and multiple)."""
+
+    @model_validator(mode="after")
+    def _tools_sets(self):
+        if self.name == "tools" and self.subjects and (bad := set(self.subjects) - {"simple_python", "multiple", "parallel"}):
+            raise ValueError(f"tools subjects are BFCL sets (simple_python, multiple, parallel), not {sorted(bad)}")
+        return self
     max_gen_toks: int | None = Field(None, gt=0)
     """Cap on generated tokens for generation suites (None: the task's own); for `retention`, the length of
     the base model's reference answers (None: 96)."""
