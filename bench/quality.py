@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import REPO, SHARED_DATA, log, write_result
+from bench.common import SHARED_DATA, copy_project, log, write_result
 
 RUNS = {
     "replay": [],                                          # the default recipe as shipped
@@ -34,18 +34,6 @@ RUNS = {
     "old_way": ["data.replay.enabled=false", "sft.max_steps=30", "sft.batch_size=8", "sft.packing=false"],
 }
 HEADLINE = ("skills/exact_match", "mmlu/acc", "hellaswag/acc_norm", "retention/kl", "retention/nll_gap")
-
-
-def _copy_project(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], cwd=dest, check=True)
 
 
 def _params(dest: Path, overrides: list[str]) -> None:
@@ -59,7 +47,7 @@ def _params(dest: Path, overrides: list[str]) -> None:
 def run_chain(name: str, overrides: list[str], work: Path, cache: Path) -> dict:
     dest = work / name
     dest.mkdir(parents=True)
-    _copy_project(dest)
+    copy_project(dest)
     _params(dest, overrides)
     (dest / ".lathe").symlink_to(cache, target_is_directory=True)  # eval cache + base answers, shared
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -24,6 +24,7 @@ SUITE_METRICS = {
     "humaneval": ("pass_at_1",),
     "hellaswag": ("acc_norm", "acc"),
     "retention": ("kl", "nll_gap"),
+    "tools": ("acc", "simple_python_acc", "multiple_acc", "parallel_acc"),
 }
 
 
