@@ -18,7 +18,8 @@ Trained spans (the assistant turns, each through its end-of-turn token):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from chat.tool_calls import inline_tools
 
 
@@ -29,10 +30,16 @@ class ChatFormatError(ValueError):
 @dataclass(frozen=True)
 class ChatFormat:
     template: str                  # the model's own template
-    training_template: str | None  # a twin with {% generation %} markers, when one exists
     native_tools: bool             # the template renders tools, tool calls and tool results itself
     eos_token: str
     special_tokens: tuple[tuple[str, str], ...]
+    tokenizer: object = field(repr=False, compare=False)
+
+    @cached_property
+    def training_template(self) -> str | None:
+        """A twin with {% generation %} markers, when one exists (looked up on first need: it imports TRL,
+        which a server answering chat requests does not need)."""
+        return _training_template(self.tokenizer)
 
     def conversation(self, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
         """(messages, tools) as the template takes them."""
@@ -108,8 +115,8 @@ _CACHE: dict[tuple, ChatFormat] = {}
 def _chat_format(template: str, eos: str, specials: tuple, tokenizer) -> ChatFormat:
     key = (template, eos, specials)
     if key not in _CACHE:
-        _CACHE[key] = ChatFormat(template=template, training_template=_training_template(tokenizer),
-                                 native_tools=_renders_tools(tokenizer), eos_token=eos, special_tokens=specials)
+        _CACHE[key] = ChatFormat(template=template, native_tools=_renders_tools(tokenizer), eos_token=eos,
+                                 special_tokens=specials, tokenizer=tokenizer)
     return _CACHE[key]
 
 
@@ -127,16 +134,18 @@ def _training_template(tokenizer) -> str | None:
 
 
 def _renders_tools(tokenizer) -> bool:
-    """TRL's check (calls, arguments and results all reach the text) plus the tool definitions."""
+    """Whether the template shows tool definitions, calls (name and arguments) and results — TRL's
+    `supports_tool_calling` check plus the definitions, without importing TRL (seconds) into a server."""
     from jinja2 import TemplateError
-    from trl.chat_template_utils import supports_tool_calling
 
-    if not supports_tool_calling(tokenizer):
-        return False
-    probe = {"type": "function", "function": {"name": "probe_tool_5e1f", "description": "d",
-                                              "parameters": {"type": "object", "properties": {}}}}
+    call = {"type": "function", "function": {"name": "probe_name_5e1f", "arguments": {"probe_key_5e1f": "probe_val_5e1f"}}}
+    tool = {"type": "function", "function": {"name": "probe_tool_5e1f", "description": "d",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "probe_name_5e1f", "content": "probe_result_5e1f"}]
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=[probe], tokenize=False)
-    except (TemplateError, TypeError):
+        text = tokenizer.apply_chat_template(messages, tools=[tool], tokenize=False)
+    except (TemplateError, TypeError, ValueError):
         return False
-    return "probe_tool_5e1f" in text
+    return all(s in text for s in ("probe_tool_5e1f", "probe_name_5e1f", "probe_key_5e1f", "probe_val_5e1f",
+                                   "probe_result_5e1f"))
