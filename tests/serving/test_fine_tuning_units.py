@@ -37,6 +37,7 @@ def test_openai_and_together_fields_merge_into_one_spec():
     together = spec(training_method={"method": "dpo", "dpo_beta": 0.3}, n_epochs=1, learning_rate=1e-4)
     assert together["method"] == "dpo" and together["beta"] == 0.3 and together["learning_rate"] == 1e-4
     assert spec()["method"] == "supervised"
+    assert spec(n_evals=4, validation_file="file-v")["n_evals"] == 4 and spec(n_evals=0)["n_evals"] is None
 
 
 @pytest.mark.parametrize("body, param", [
@@ -47,6 +48,7 @@ def test_openai_and_together_fields_merge_into_one_spec():
     ({"learning_rate": 1e-4, "hyperparameters": {"learning_rate_multiplier": 2}}, "learning_rate"),
     ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
     ({"suffix": "no spaces allowed"}, "suffix"),
+    ({"n_evals": 3}, "n_evals"),  # validation loss needs a validation_file
 ])
 def test_contradictions_and_unsupported_settings_are_400s_naming_the_field(body, param):
     with pytest.raises(APIError) as caught:
