@@ -41,3 +41,17 @@ def test_missing_previous_stage_names_the_fix(tmp_path):
     (tmp_path / "params.yaml").write_text("name: x\n")
     done = run("sft", cwd=tmp_path)
     assert done.returncode == 2 and "run the 'base' stage first" in done.stderr
+
+
+def test_dvc_stages_run_lathe_without_the_venv_on_path():
+    """`.venv/bin/dvc repro` runs stage commands with the caller's PATH: dvc.yaml's `bin/lathe` finds the
+    project's venv itself (the README's `dvc repro` and `dvc exp run` used to end with exit 127)."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert all(stage["cmd"].startswith("bin/lathe ") for stage in stages.values())
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        return  # an installed Lathe: bin/lathe hands over to the `lathe` on PATH
+    done = subprocess.run(["bin/lathe", "data", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert done.returncode == 0 and "inspect" in done.stdout, done.stderr
