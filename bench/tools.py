@@ -95,7 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuned", help="an already tuned model directory (skips training)")
     parser.add_argument("--base", help="the base model directory (default: the chain's, or artifacts/base/model)")
-    parser.add_argument("--limit", type=int, default=100, help="held-out items per BFCL set (default 100)")
+    parser.add_argument("--limit", type=int, default=60, help="held-out items per BFCL set (default 60, as the recipe's suite)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lathe-tools-"))
     project = None if args.tuned else train(work)
