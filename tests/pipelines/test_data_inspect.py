@@ -5,6 +5,7 @@ the SFT stage's own encoding, against spans worked out here from the rows themse
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import re
 import subprocess
@@ -80,7 +81,7 @@ def test_a_multi_turn_transcript_trains_every_assistant_turn_and_nothing_else(tm
 
 
 def test_openai_chat_with_tools_and_weights_and_an_openai_dpo_file_train_end_to_end(tmp_path, smol_model_dir):
-    from pipelines.inspect_data import inspect_split
+    from pipelines.inspect_data import inspect_split, render_html
     from pipelines.manifest import read_manifest
     from pipelines.preference import run_preference
     from pipelines.sft import run_sft
@@ -99,6 +100,10 @@ def test_openai_chat_with_tools_and_weights_and_an_openai_dpo_file_train_end_to_
     text = "".join(piece for piece, _ in report["rows"][0]["pieces"])
     assert "<tool_response>\n21.0\n</tool_response>" in text and "It is 21 degrees celsius" in text
     assert '"name": "get_current_weather"' in text  # the tool's definition, in the system turn
+    page = render_html(report, 1)  # the browser view marks the same tokens
+    rows_html = page.split("</p>", 1)[1]  # after the legend
+    trained = "".join(html.unescape(t) for t in re.findall(r"<span class=trained>(.*?)</span>", rows_html, re.S))
+    assert trained == "".join(report["rows"][0]["trained"])
 
     run_sft(recipe, cwd / "artifacts")
     run_preference(recipe, cwd / "artifacts")
