@@ -11,10 +11,7 @@ or `sqlite:///mlflow.db` in the current directory.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,43 +142,34 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
-_held = threading.local()
+_locks: dict[Path, object] = {}
 
 
 @contextmanager
 def store_lock(timeout_s: float = LOCK_TIMEOUT_S):
     """Serialise read-decide-write sequences (alias moves, find-or-create) on a local store.
 
-    An fcntl lock on `<db>.lock` next to a sqlite store (or inside a file store) works across
-    processes on one machine. Re-entrant within a thread. Remote stores get no lock: MLflow's REST
-    API has no compare-and-set on aliases, so run one promoter at a time there (e.g. one CI job).
+    A `filelock` lock on `<db>.lock` next to a sqlite store (or inside a file store) works across
+    processes and threads on one machine, re-entrant within a thread. Remote stores get no lock: MLflow's
+    REST API has no compare-and-set on aliases, so run one promoter at a time there (e.g. one CI job).
     """
+    from filelock import FileLock, Timeout
+
     cfg = current()
     db = cfg.sqlite_path
     file_store = local_path(cfg.uri) if cfg.uri.startswith("file:") else None
     lock_path = Path(f"{db}.lock") if db else (file_store / ".lathe.lock" if file_store else None)
-    held: set = getattr(_held, "paths", set())
-    _held.paths = held
-    if lock_path is None or lock_path in held:
+    if lock_path is None:
         yield
         return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LatheError(
-                        f"waited {timeout_s:.0f} s for the registry lock {lock_path}: another promotion or "
-                        "registration is still running (or hung). Wait for it, or stop it and retry."
-                    ) from None
-                time.sleep(0.05)
-        held.add(lock_path)
-        try:
-            yield
-        finally:
-            held.discard(lock_path)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = _locks.setdefault(lock_path, FileLock(lock_path, thread_local=True))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise LatheError(f"waited {timeout_s:.0f} s for the registry lock {lock_path}: another promotion or "
+                         "registration is still running (or hung). Wait for it, or stop it and retry.") from None
+    try:
+        yield
+    finally:
+        lock.release()
