@@ -95,3 +95,19 @@ def test_mixture_weight_repeats_rows(tmp_path, monkeypatch):
     recipe = load_recipe("default", ["data.replay.enabled=false", "data.skills.enabled=false", "data.dedupe=false", "data.validation_fraction=0",
                                      f"data.sft=[{{path: {path}, weight: 3}}]"])
     assert run_data(recipe, tmp_path / "artifacts")["sft_train"]["rows"] == 6
+
+
+def test_bfcl_tool_rows_train_only_what_the_tools_suite_does_not_score(tmp_path, shared_data):
+    from eval import tools
+
+    recipe = load_recipe("tools-135m", ["data.replay.enabled=false", "data.validation_fraction=0",
+                                        f"eval.mirror_dir={shared_data}"])
+    out = run_data(recipe, tmp_path / "artifacts")
+    rows = _jsonl(tmp_path / "artifacts" / "data" / "sft_train.jsonl")
+    scored = {item.messages[-1]["content"] for item in tools.load_items(shared_data, "simple_python")
+              if tools.held_out(item.id)}
+    assert out["sft_train"]["rows"] == len(rows) == len(tools.training_rows(shared_data, "simple_python"))
+    assert all(row["tools"] and row["messages"][-1]["tool_calls"] for row in rows)
+    assert not {row["messages"][-2]["content"] for row in rows} & scored
+    sources = read_manifest("data", tmp_path / "artifacts")["inputs"]["sources"]
+    assert [s["subset"] for s in sources if s.get("generated") == "bfcl"] == ["simple_python"]
