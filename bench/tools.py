@@ -69,8 +69,11 @@ def ask(model_dir: Path, items: dict, work: Path, label: str) -> dict:
         for subset, chosen in items.items():
             for mode in MODES:
                 def one(item):
-                    reply = client.chat.completions.create(model="lathe", messages=item.messages, tools=item.tools,
-                                                           tool_choice=mode, temperature=0, max_tokens=96)
+                    try:
+                        reply = client.chat.completions.create(model="lathe", messages=item.messages, tools=item.tools,
+                                                               tool_choice=mode, temperature=0, max_tokens=96)
+                    except openai.BadRequestError as exc:  # e.g. a schema constrained decoding cannot compile
+                        return item, None, f"400: {exc.message[:200]}"
                     message = reply.choices[0].message
                     calls = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
                     return item, message, tools.check(calls, item.ground_truth)
@@ -79,9 +82,13 @@ def ask(model_dir: Path, items: dict, work: Path, label: str) -> dict:
                     results = list(pool.map(one, chosen))
                 scores[f"{subset}/{mode}"] = {item.id: float(reason is None) for item, _, reason in results}
                 shown[f"{subset}/{mode}"] = [{"id": item.id, "question": item.messages[-1]["content"][:200],
-                                              "content": message.content,
-                                              "tool_calls": [c.function.model_dump() for c in message.tool_calls or []],
-                                              "verdict": reason or "right"} for item, message, reason in results[:3]]
+                                              "content": message.content if message else None,
+                                              "tool_calls": [c.function.model_dump() for c in (message.tool_calls or [])]
+                                              if message else [], "verdict": reason or "right"}
+                                             for item, message, reason in results[:3]]
+                refused = [reason for _, message, reason in results if message is None]
+                if refused:
+                    log(f"tools: {label} {subset} {mode}: {len(refused)} requests refused, e.g. {refused[0]}")
                 log(f"tools: {label} {subset} {mode}: {sum(scores[f'{subset}/{mode}'].values()):.0f}/{len(chosen)} right")
     finally:
         server.stop()
