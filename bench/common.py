@@ -153,7 +153,7 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"bench": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": " ".join(shlex.quote(a) for a in [Path(PYTHON).name, "-m", f"bench.{name}", *sys.argv[1:]]),
-                "machine": machine(), "commit": _commit(), **payload}
+                "machine": machine(), "commit": START_COMMIT, **payload}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=1, default=str) + "\n")
     os.replace(tmp, path)
@@ -203,3 +203,7 @@ def thread_env(threads: int | None) -> dict[str, str]:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+START_COMMIT = _commit()
+"""The commit a bench measures: taken when it starts (a long bench's copies are made then), not when it writes."""
