@@ -18,11 +18,11 @@ import json
 import sys
 from pathlib import Path
 
+from chat.encode import IGNORE
 from pipelines.manifest import read_manifest
 from recipes.errors import LatheError
 from recipes.schema import Recipe
 
-IGNORE = -100
 _ANSI = {"trained": ("\033[30;42m", "\033[0m"), "masked": ("\033[2m", "\033[0m"), "cut": ("\033[9;31m", "\033[0m")}
 _PLAIN = {"trained": ("[[", "]]"), "masked": ("", ""), "cut": ("~~", "~~")}  # when stdout is not a terminal
 
@@ -30,7 +30,7 @@ _PLAIN = {"trained": ("[[", "]]"), "masked": ("", ""), "cut": ("~~", "~~")}  # w
 def inspect_split(recipe: Recipe, split: str = "sft_train", root: Path = Path("artifacts")) -> dict:
     """The report `--json` prints: totals and, per row, its tokens and trained text spans."""
     from pipelines import training
-    from pipelines.sft import encode_split, truncation
+    from pipelines.sft import encode_split, keeps_every_token, truncation
 
     data = read_manifest("data", root)["outputs"]
     if split not in data:
@@ -38,8 +38,7 @@ def inspect_split(recipe: Recipe, split: str = "sft_train", root: Path = Path("a
     tokenizer = training.load_tokenizer(Path(read_manifest("base", root)["outputs"]["model_dir"]))
     cfg = recipe.sft
     encoded = encode_split(Path(data[split]["path"]), tokenizer, assistant_only=cfg.assistant_only_loss)
-    keeps_all = cfg.packing and cfg.packing_strategy in ("bfd_split", "wrapped")
-    limit = None if keeps_all else cfg.max_seq_length
+    limit = None if keeps_every_token(cfg.packing, cfg.packing_strategy) else cfg.max_seq_length
     rows = [_row(number, enc, tokenizer, limit) for number, enc in enumerate(encoded, start=1)]
     tokens = sum(len(enc.input_ids) for enc in encoded)
     trained = sum(enc.trained_tokens for enc in encoded)

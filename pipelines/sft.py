@@ -53,11 +53,16 @@ def encode_split(path: Path, tokenizer, *, assistant_only: bool) -> list:
     return encoded
 
 
+def keeps_every_token(packing: bool, strategy: str) -> bool:
+    """`bfd_split` and `wrapped` packing split over-long rows instead of cutting them."""
+    return packing and strategy in ("bfd_split", "wrapped")
+
+
 def truncation(encoded: list, max_length: int, *, packing: bool, strategy: str) -> dict[str, int]:
     """What `max_length` cuts: TRL keeps the first max_length tokens of a row (padded batches and
     `bfd` packing); `bfd_split` and `wrapped` packing keep every token. A row left with no trained
     token is dropped by TRL — counted here, so it is not a silent loss."""
-    if packing and strategy in ("bfd_split", "wrapped"):
+    if keeps_every_token(packing, strategy):
         return {"rows_truncated": 0, "trained_tokens_cut": 0, "rows_dropped_by_truncation": 0}
     cut = [enc for enc in encoded if len(enc.input_ids) > max_length]
     lost = [sum(1 for label in enc.labels[max_length:] if label != -100) for enc in cut]
