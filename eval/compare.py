@@ -47,7 +47,7 @@ def compare(results_a: dict, dir_a: Path, results_b: dict, dir_b: Path, *, alpha
         if differs:
             skipped[suite] = f"judged with different {', '.join(differs)}"
             continue
-        for metric in SUITE_METRICS.get(suite, (entry_b["primary"],)):
+        for metric in entry_b.get("paired_metrics") or SUITE_METRICS.get(suite, (entry_b["primary"],)):
             a, b = item_scores(dir_a, entry_a, metric), item_scores(dir_b, entry_b, metric)
             if not (set(a) & set(b)):
                 continue

@@ -49,6 +49,7 @@ def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: 
     `apply_chat_template` applies to every suite but skills (always templated). `device`/`dtype` are
     lm-eval's hf backend arguments (`cuda`/`bfloat16` on a GPU). `reference_dir` is the base model the
     `retention` suite compares with (eval/retention.py); without it that suite is not run."""
+    catalog.validate_suites(suites)  # the recipe's suites and the user's files first: cheap, and their errors are the user's
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise LatheError(f"eval: {model_dir} is not a Hugging Face model directory (no config.json); "
@@ -56,7 +57,6 @@ def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: 
     if not any((model_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         raise LatheError(f"eval: {model_dir} has no safetensors weights (model.safetensors or its index). Only "
                          "safetensors are loaded: pickled .bin weights can run code when loaded; convert them first.")
-    catalog.validate_suites(suites)
     model = _LocalModel(model_dir, batch_size=batch_size, device=device, dtype=dtype)
     return _run_all(model, suites, mirror_dir=mirror_dir, skills_file=skills_file, out_dir=out_dir, seed=seed,
                     apply_chat_template=apply_chat_template, label=label, cache_dir=cache_dir,
@@ -139,6 +139,10 @@ class _LocalModel:
         self.identity = model_hash(model_dir)
         self._lm = None
 
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.model_dir
+
     def header(self) -> dict:
         return {"model_dir": str(self.model_dir.resolve()), "model_hash": self.identity, "backend": "hf"}
 
@@ -179,7 +183,7 @@ class _Run:
             return self._tools(suite)
         try:
             prepared = catalog.prepare(suite, mirror_dir=self.mirror_dir, skills_file=self.skills_file,
-                                      task_dir=task_dir)
+                                      task_dir=task_dir, tokenizer_dir=self.model.tokenizer_dir, seed=self.seed)
         except catalog.SuiteUnavailable as missing:
             log.warning("eval: %s not run: %s", suite.name, missing.reason)
             return {"status": "not_run", "reason": missing.reason, "fix": missing.fix}
@@ -268,7 +272,12 @@ class _Run:
     def _request(self, suite: SuiteConfig, prepared: catalog.PreparedSuite) -> dict:
         """Every input that changes the suite's scores: the settings recorded and the cache key."""
         task_files = sorted(p for p in catalog.TASKS_DIR.iterdir() if p.suffix in (".yaml", ".py"))
-        chat_template = catalog.FIXED_CHAT_TEMPLATE.get(suite.name, self.apply_chat_template)
+        chat_template = prepared.rendered or catalog.FIXED_CHAT_TEMPLATE.get(suite.name, self.apply_chat_template)
+        if prepared.rendered:  # how custom suites render and score changes their scores
+            from eval import custom, judge, scoring
+
+            task_files += [Path(custom.__file__), Path(scoring.__file__), Path(judge.__file__),
+                           *sorted(chat_dir().glob("*.py")), *sorted(judge.PROMPTS_DIR.glob("judge_*.txt"))]
         return {
             "suite": suite.name, "task": prepared.task, "num_fewshot": prepared.num_fewshot,
             "limit": suite.limit, "subjects": suite.subjects, "max_gen_toks": suite.max_gen_toks,
@@ -279,6 +288,8 @@ class _Run:
             "task_config_sha256": tree_sha256(task_files + [catalog.stock_task_yaml(f"{n}/{n}.yaml")
                                                             for n in ("gsm8k", "hellaswag")]),
             "versions": _versions(),
+            **({"custom": {k: v for k, v in prepared.spec.items() if k not in ("file", "verdicts_file")}}
+               if prepared.spec else {}),
         }
 
     def _evaluate(self, suite: SuiteConfig, prepared: catalog.PreparedSuite, request: dict, task_dir: Path) -> dict:
@@ -286,11 +297,11 @@ class _Run:
         from lm_eval.tasks import TaskManager
 
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-        return lm_eval.simple_evaluate(
+        return lm_eval.simple_evaluate(  # rendered prompts are templated already: load for them, don't template twice
             model=self.model.load(request["apply_chat_template"]), tasks=[prepared.task], task_manager=manager,
             num_fewshot=prepared.num_fewshot, limit=suite.limit, batch_size=request["batch_size"],
             device=request.get("device"), log_samples=True,
-            apply_chat_template=request["apply_chat_template"],
+            apply_chat_template=request["apply_chat_template"] and not prepared.rendered,
             fewshot_as_multiturn=request["fewshot_as_multiturn"],
             gen_kwargs={"max_gen_toks": suite.max_gen_toks} if suite.max_gen_toks else None,
             random_seed=self.seed, numpy_random_seed=self.seed, torch_random_seed=self.seed,
@@ -298,10 +309,12 @@ class _Run:
 
     def _entry(self, suite, prepared, request, raw, samples_path, duration) -> dict:
         rows = records.normalize_samples(prepared, raw)
+        if prepared.spec.get("kind") == "judge":
+            records.attach_verdicts(rows, Path(prepared.spec["verdicts_file"]))
         records.write_samples(rows, samples_path)
         entry = {"status": "ok", **records.suite_entry(prepared, raw)}
-        if suite.name == "skills":
-            entry["breakdown"] = records.breakdown_by_part(rows, entry["primary"], "skill")
+        if prepared.part_kind:
+            entry["breakdown"] = records.breakdown_by_part(rows, entry["primary"], prepared.part_kind)
         configs = raw["configs"]
         shots = sorted({int(n) for n in raw["n-shot"].values()})
         entry["settings"] = {

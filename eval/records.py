@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from eval.suites import PRIMARY_METRIC, PreparedSuite
+from eval.suites import PreparedSuite
 
 _NOT_METRICS = {"alias", "name", "sample_len", "sample_count"}
 EXAMPLES_PER_KIND = 3
@@ -39,7 +39,9 @@ def task_metrics(task_result: dict) -> dict[str, float | None]:
 def suite_entry(prepared: PreparedSuite, raw: dict) -> dict:
     """The `metrics`, `primary` and `breakdown` parts of a suite entry."""
     results = raw["results"]
-    entry = {"metrics": task_metrics(results[prepared.task]), "primary": PRIMARY_METRIC[prepared.name]}
+    entry = {"metrics": task_metrics(results[prepared.task]), "primary": prepared.primary}
+    if prepared.paired_metrics:
+        entry["paired_metrics"] = list(prepared.paired_metrics)
     if prepared.subtasks:  # MMLU: per category and per subject
         n = {t: raw["n-samples"][t]["effective"] for t in prepared.subtasks}
         entry["breakdown"] = {
@@ -71,15 +73,18 @@ def normalize_samples(prepared: PreparedSuite, raw: dict) -> list[dict]:
         filters = {s["filter"] for s in samples}
         for s in samples:
             args = s["arguments"]
-            row = {"task": task, "part": prepared.subtasks.get(task) or s["doc"].get("skill"),
-                   "doc_id": s["doc_id"], "filter": s["filter"], "prompt": args[0][0], "target": s["target"]}
+            part = s["doc"].get("part") or None if prepared.part_kind else prepared.subtasks.get(task)
+            row = {"task": task, "part": part, "doc_id": s["doc_id"], "filter": s["filter"], "prompt": args[0][0],
+                   "target": s["target"]}
+            if "_row" in s["doc"]:
+                row["line"] = s["doc"]["_row"]  # the custom suite file's line
             if multiple_choice:
                 delimiter = raw["configs"][task].get("target_delimiter", " ")
-                row.update(_choice_fields(s, args, PRIMARY_METRIC[prepared.name], delimiter))
+                row.update(_choice_fields(s, args, prepared.primary, delimiter))
             else:
                 row.update(response=s["resps"][0][0], filtered=_unwrap(s["filtered_resps"]))
             row["metrics"] = {clean_name(m, s["filter"], len(filters) > 1): _number(s[m]) for m in s["metrics"]}
-            primary = row["metrics"].get(PRIMARY_METRIC[prepared.name])
+            primary = row["metrics"].get(prepared.primary)
             row["correct"] = None if primary is None else primary == 1.0
             rows.append(row)
     return rows
@@ -97,6 +102,17 @@ def _choice_fields(sample: dict, args: list, primary: str, delimiter: str) -> di
     return {"choices": choices, "loglikelihoods": lls, "gold": gold,
             "target": choices[gold] if isinstance(gold, int) and 0 <= gold < len(choices) else gold,
             "response": choices[scores.index(max(scores))]}
+
+
+def attach_verdicts(rows: list[dict], verdicts_file: Path) -> None:
+    """Put each judge prompt and raw reply (eval/judge.py) beside the answer it grades."""
+    by_line = {}
+    if verdicts_file.is_file():
+        for line in verdicts_file.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            by_line[record.pop("row")] = record
+    for row in rows:
+        row["judge"] = by_line.get(row.get("line"))
 
 
 def breakdown_by_part(rows: list[dict], primary: str, kind: str) -> dict:

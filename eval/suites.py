@@ -1,4 +1,5 @@
-"""The five suites: where each finds its data in the mirror, and the lm-eval task configs it runs.
+"""The built-in suites: where each finds its data in the mirror, and the lm-eval task configs it runs.
+Skills and the user's own suites are custom suites (eval/custom.py).
 
 Each suite is an lm-eval task (or group) made of the static YAMLs in eval/tasks/ plus a small wrapper
 written at run time into a temporary include dir: the wrapper `include:`s lm-eval's stock YAML (where
@@ -55,6 +56,19 @@ class PreparedSuite:
     """lm-eval task name → breakdown name (MMLU subject); empty for single-task suites."""
     groups: dict[str, str] = field(default_factory=dict)
     """lm-eval group name → breakdown name (MMLU category)."""
+    primary: str = ""
+    """The headline metric (default: PRIMARY_METRIC of the suite)."""
+    part_kind: str | None = None
+    """Custom suites: the row field the score is broken down by (`part` in each doc), e.g. `skill`."""
+    rendered: bool = False
+    """Prompts already rendered with the chat template (custom suites): lm-eval must not template them again."""
+    paired_metrics: tuple[str, ...] = ()
+    """Metrics compared item by item between models (default: SUITE_METRICS of the suite)."""
+    spec: dict = field(default_factory=dict)
+    """Custom suites: the options eval/tasks/custom_utils.py scores with (recorded in the settings)."""
+
+    def __post_init__(self):
+        self.primary = self.primary or PRIMARY_METRIC[self.name]
 
 
 def stock_task_yaml(relative: str) -> Path:
@@ -76,11 +90,15 @@ def mmlu_subjects() -> dict[str, dict[str, str]]:
 
 def validate_suites(suites: list[SuiteConfig]) -> None:
     """Configuration errors (not missing data): raised before anything is evaluated."""
+    from eval import custom
+
     seen = set()
     for suite in suites:
         if suite.name in seen:
             raise LatheError(f"eval.suites: suite {suite.name!r} is listed twice; keep one entry per suite.")
         seen.add(suite.name)
+        if suite.custom:  # the user's file: every bad row, with its line, before any model is loaded
+            custom.read_rows(Path(suite.file), suite)
         if suite.subjects is not None and suite.name not in ("mmlu", "tools"):
             raise LatheError(f"eval.suites[{suite.name}].subjects: only the mmlu and tools suites have subjects.")
         if suite.subjects is not None and suite.name == "mmlu":
@@ -92,10 +110,18 @@ def validate_suites(suites: list[SuiteConfig]) -> None:
                     raise LatheError(f"eval.suites[mmlu].subjects: unknown MMLU subject {subject!r}.{hint}")
 
 
-def prepare(suite: SuiteConfig, *, mirror_dir: Path, skills_file: Path | None, task_dir: Path) -> PreparedSuite:
-    """Write the suite's wrapper YAMLs into `task_dir` and say what to evaluate."""
-    builders = {"skills": _skills, "mmlu": _mmlu, "gsm8k": _gsm8k, "hellaswag": _hellaswag,
-                "humaneval": _humaneval}
+def prepare(suite: SuiteConfig, *, mirror_dir: Path, skills_file: Path | None, task_dir: Path,
+            tokenizer_dir: Path | None = None, seed: int = 1234) -> PreparedSuite:
+    """Write the suite's wrapper YAMLs into `task_dir` and say what to evaluate. Skills and custom suites
+    render their prompts with the chat template in `tokenizer_dir` (the model's); `seed` orders a pairwise judge."""
+    from eval import custom
+
+    if suite.custom:
+        return custom.prepare(suite, Path(suite.file), tokenizer_dir, task_dir, seed=seed)
+    if suite.name == "skills":
+        return custom.prepare(skills_suite(suite, _skills_file(skills_file)), Path(skills_file), tokenizer_dir,
+                              task_dir, seed=seed)
+    builders = {"mmlu": _mmlu, "gsm8k": _gsm8k, "hellaswag": _hellaswag, "humaneval": _humaneval}
     fewshot = STANDARD_FEWSHOT[suite.name] if suite.num_fewshot is None else suite.num_fewshot
     return builders[suite.name](suite, mirror_dir, skills_file, task_dir, fewshot)
 
@@ -115,16 +141,22 @@ def _require(paths: list[Path], suite: str, mirror_dir: Path) -> None:
             f"eval.mirror_dir at a complete mirror (now {mirror_dir}); or remove {suite!r} from eval.suites.")
 
 
-def _skills(suite, mirror_dir, skills_file, task_dir, fewshot) -> PreparedSuite:
+def _skills_file(skills_file: Path | None) -> Path:
     if skills_file is None or not Path(skills_file).is_file():
         where = "no skills file was given" if skills_file is None else f"{skills_file} does not exist"
         raise SuiteUnavailable(f"skills: {where}",
                                "run the data stage with data.skills.enabled: true; it writes the held-out "
                                "skills file that the evaluate stage passes here.")
-    path = Path(skills_file).resolve()
-    _write(task_dir, "lathe_skills", {"include": str(TASKS_DIR / "skills.yaml"),
-                                      "dataset_kwargs": {"data_files": {"test": str(path)}}})
-    return PreparedSuite("skills", "lathe_skills", {"test": path}, f"skills file {path}", fewshot)
+    return Path(skills_file).resolve()
+
+
+def skills_suite(suite: SuiteConfig, path: Path) -> SuiteConfig:
+    """The held-out skills set as a custom suite: rows {skill, prompt, answer}; the stripped answer must equal
+    the reference exactly (case and punctuation count); broken down per skill."""
+    fields = {**suite.model_dump(), "file": str(path), "kind": "generate", "metric": "exact_match",
+              "ignore_case": False, "ignore_punctuation": False, "ignore_whitespace": False, "group_by": "skill",
+              "max_gen_toks": suite.max_gen_toks or 32}
+    return SuiteConfig.model_construct(**fields)  # a built-in name with custom fields: past the validator on purpose
 
 
 def _gsm8k(suite, mirror_dir, skills_file, task_dir, fewshot) -> PreparedSuite:

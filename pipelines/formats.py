@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines import messages as m
-from pipelines.messages import RowError
+from chat import messages as m
+from chat.messages import RowError
 from recipes.errors import LatheError
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

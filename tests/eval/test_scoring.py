@@ -189,3 +189,59 @@ def test_skills_scores_exactly_what_model_generate_produces(tiny_model_dir, tmp_
     assert entry["breakdown"]["skill"] == {"count": {"exact_match": 1.0, "n": 2},
                                            "echo": {"exact_match": 0.5, "n": 2},
                                            "json": {"exact_match": 0.0, "n": 1}}
+
+
+# ---------------------------------------------------------------- custom generate metrics (eval/scoring.py)
+
+DEFAULTS = {"ignore_case": True, "ignore_punctuation": True, "ignore_whitespace": True, "extract": None}
+
+
+@pytest.mark.parametrize("metric,options,target,response,expected", [
+    ("exact_match", {}, "Paris", "  paris.\n", 1.0),
+    ("exact_match", {}, "New York", "new   york!", 1.0),
+    ("exact_match", {}, "Paris", "Paris, France", 0.0),
+    ("exact_match", {"ignore_case": False}, "Paris", "paris", 0.0),
+    ("exact_match", {"ignore_punctuation": False}, "4", "4.", 0.0),
+    ("exact_match", {"extract": r"(?i)answer:\s*(\S+)"}, "42", "Let me think. Answer: 42", 1.0),
+    ("exact_match", {"extract": r"(?i)answer:\s*(\S+)"}, "42", "42", 0.0),  # no match: nothing to score
+    ("contains", {}, "Paris", "The capital is PARIS.", 1.0),
+    ("contains", {}, "Lyon", "The capital is Paris.", 0.0),
+    ("regex", {}, r"^\d{3}-\d{4}$", " 555-1234\n", 1.0),
+    ("regex", {}, r"^\d{3}-\d{4}$", "call 555-1234", 0.0),
+])
+def test_text_metrics(metric, options, target, response, expected):
+    from eval.scoring import score
+
+    value, reason = score({**DEFAULTS, **options, "metric": metric}, {"target": target}, response)
+    assert value == expected, reason
+
+
+@pytest.mark.parametrize("response,expected,why", [
+    ('{"name": "Ada", "age": 36}', 1.0, "right"),
+    ('```json\n{"name": "Ada", "age": 36}\n```', 1.0, "right"),
+    ('{"name": "Ada", "age": "36"}', 0.0, "invalid at age"),
+    ('{"name": "Ada"', 0.0, "not JSON"),
+])
+def test_json_schema_metric(response, expected, why):
+    from eval.scoring import score
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    value, reason = score({**DEFAULTS, "metric": "json_schema"}, {"schema_json": json.dumps(schema)}, response)
+    assert value == expected and reason.startswith(why)
+
+
+def test_tool_call_metric_uses_bfcl_rule_on_the_expected_calls():
+    from eval.scoring import expected_calls, score
+
+    truth = expected_calls({"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'})
+    assert truth == [{"get_weather": {"city": ["Paris"], "unit": ["c"]}}]
+    doc = {"calls_json": json.dumps(truth)}
+    spec = {**DEFAULTS, "metric": "tool_call"}
+    right = '<tool_call>{"name": "get_weather", "arguments": {"unit": "c", "city": "paris"}}</tool_call>'
+    assert score(spec, doc, right) == (1.0, "right")  # BFCL's rule: case and order do not matter
+    assert score(spec, doc, "It is sunny.")[0] == 0.0
+    wrong = '<tool_call>{"name": "get_weather", "arguments": {"city": "Lyon", "unit": "c"}}</tool_call>'
+    assert "city" in score(spec, doc, wrong)[1]
+    with pytest.raises(ValueError, match="answer\\[0\\]"):
+        expected_calls([{"arguments": {}}])

@@ -25,10 +25,10 @@ OVERRIDES = ["data.skills.n_train=12", "data.skills.n_eval=6", "data.skills.n_pr
              "data.replay.enabled=false", "gate.guards=null", "gate.max_retention=null", "eval.intermediate_suites=null", "gate.required=[skills/exact_match]"]
 
 
-def _pipeline(tmp: Path, model_dir: Path, capsys) -> tuple[dict, str]:
+def _pipeline(tmp: Path, model_dir: Path, capsys, overrides: list[str] = OVERRIDES) -> tuple[dict, str]:
     from registry import tracking
 
-    recipe = load_recipe("default", OVERRIDES)
+    recipe = load_recipe("default", overrides)
     tracking.configure(recipe.registry.tracking_uri, tmp)
     root = Path("artifacts")
     (root / "base").mkdir(parents=True, exist_ok=True)
@@ -86,3 +86,24 @@ def test_first_version_is_judged_against_its_base_then_a_tie_does_not_win(projec
     from registry import models
 
     assert models.get_version("tiny", "champion").version == "1"
+
+
+def test_the_gate_decides_on_the_users_own_suite(project, tiny_model_dir, capsys):
+    """A custom suite from a hand-written JSONL is the gate's primary metric: judged on base and candidate,
+    compared item by item, and named in the decision and the report."""
+    rows = [{"prompt": "Reply with nothing.", "answer": "^$"}, {"prompt": "Say NEVER.", "answer": "^NEVER$"},
+            {"messages": [{"role": "user", "content": "Reply with nothing again."}], "answer": "^$"}]
+    (project / "tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suite = f"{{name: tickets, file: {project / 'tickets.jsonl'}, kind: generate, metric: regex, max_gen_toks: 4}}"
+    overrides = [o for o in OVERRIDES if not o.startswith(("eval.suites", "gate.required"))] + [
+        f"eval.suites=[{suite}]", "gate.primary_metric=tickets/regex", "gate.required=[tickets/regex]"]
+    _, out = _pipeline(project, tiny_model_dir, capsys, overrides)
+    # The tiny model answers only newlines: the two "^$" rows are right, for base and candidate alike.
+    metrics = json.loads((project / "artifacts/evaluate/metrics.json").read_text())
+    assert metrics["base"]["tickets/regex"] == metrics["tuned"]["tickets/regex"] == pytest.approx(2 / 3)
+    comparisons = json.loads((project / "artifacts/evaluate/comparisons.json").read_text())
+    paired = comparisons["against"]["base"]["paired"]["tickets/regex"]
+    assert paired["n"] == 3 and paired["delta"] == 0.0 and paired["primary"]
+    decision = json.loads((project / "artifacts/promote/decision.json").read_text())
+    assert not decision["promote"] and "NOT promoted" in out and "tickets/regex" in out
+    assert "tickets/regex" in (project / "artifacts/promote/report.md").read_text()

@@ -43,7 +43,7 @@ def _content(value: Any, what: str, *, optional: bool) -> str | None:
     return text(value, what)
 
 
-def _arguments(value: Any, what: str) -> dict:
+def arguments(value: Any, what: str) -> dict:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -65,8 +65,8 @@ def _tool_calls(value: Any, what: str) -> list[dict]:
         if call.get("type", "function") != "function":
             raise RowError(f"{at}.type is {call.get('type')!r}; only function calls are supported")
         name = text(call["function"].get("name"), f"{at}.function.name")
-        arguments = _arguments(call["function"].get("arguments", {}), f"{at}.function.arguments")
-        out = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        args = arguments(call["function"].get("arguments", {}), f"{at}.function.arguments")
+        out = {"type": "function", "function": {"name": name, "arguments": args}}
         if call.get("id") is not None:
             out["id"] = text(call["id"], f"{at}.id")
         calls.append(out)
