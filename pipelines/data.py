@@ -6,7 +6,8 @@ With `data.replay.enabled`, the base model's own answers to general prompts are 
 sft_train.jsonl (pipelines/replay.py): this is the one stage that reads the base model.
 
 Writes `artifacts/data/`: sft_{train,val}.jsonl (chat messages), pref_{train,val}.jsonl
-(prompt/chosen/rejected), skills_eval.jsonl (held-out skills, never trained on), rejects.jsonl and
+(prompt/chosen/rejected), skills_eval.jsonl (held-out skills, never trained on), eval_split.jsonl
+(`data.eval_split`: held-out rows of the user's own SFT data, for a custom eval suite), rejects.jsonl and
 manifest.json.
 
 Bad rows: with `data.on_bad_row: error` (the default) the stage stops at the first bad row and names
@@ -106,6 +107,42 @@ def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
     return out, len(rows) - len(out)
 
 
+def prompt_key(row: dict) -> str | None:
+    """A chat row's prompt (every message before the last), case- and whitespace-normalised; None for
+    text and token rows."""
+    messages = row.get("messages")
+    if not messages:
+        return None
+    prompt = [(m["role"], " ".join(str(m.get("content") or "").lower().split()), m.get("tool_calls"))
+              for m in messages[:-1]]
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def carve_eval_split(rows: list[dict], cfg, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(held-out eval rows, the rest) from the user's SFT rows: chat rows only (a text or token row has no
+    reference answer), one per normalised prompt."""
+    if cfg.fraction == 0:
+        return [], rows
+    chat = [i for i, row in enumerate(rows) if prompt_key(row) is not None]
+    rng.shuffle(chat)
+    n = max(1, int(len(chat) * cfg.fraction)) if chat else 0
+    chosen, prompts = set(), set()
+    for i in chat:
+        if len(chosen) == min(n, cfg.max_rows or n):
+            break
+        if prompt_key(rows[i]) not in prompts:
+            chosen.add(i)
+            prompts.add(prompt_key(rows[i]))
+    return [rows[i] for i in sorted(chosen)], [row for i, row in enumerate(rows) if i not in chosen]
+
+
+def drop_overlap(train: list[dict], held_out: list[dict]) -> tuple[list[dict], int]:
+    """Training rows minus any row whose prompt (normalised) is a held-out row's: the eval set stays unseen."""
+    prompts = {prompt_key(row) for row in held_out}
+    kept = [row for row in train if prompt_key(row) is None or prompt_key(row) not in prompts]
+    return kept, len(train) - len(kept)
+
+
 def split(rows: list[dict], fraction: float, rng: random.Random) -> tuple[list[dict], list[dict]]:
     rows = rows[:]
     rng.shuffle(rows)
@@ -145,13 +182,18 @@ def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
         sets["sft"] += rows
         sources += info
     sft = functools.partial(normalize_sft, vocab_size=base_vocab_size(root))
+    users_sft: list[dict] = []
     for kind, specs, normalize in (("sft", cfg.sft, sft), ("preference", cfg.preference, normalize_preference)):
         for spec in specs:
             rows, info = load_spec(spec, normalize, rejects, rng)
-            sets[kind] += rows
+            (users_sft if kind == "sft" else sets[kind]).extend(rows)
             sources.append({"kind": kind, **info})
-    outputs: dict[str, Any] = {}
-    metrics: dict[str, Any] = {"rejected_rows": len(rejects.rows)}
+    held_out, users_sft = carve_eval_split(users_sft, cfg.eval_split, rng)
+    sets["sft"] += users_sft
+    sets["sft"], overlap = drop_overlap(sets["sft"], held_out)
+    outputs: dict[str, Any] = {"eval_split": write_jsonl(out / "eval_split.jsonl", held_out)}
+    metrics: dict[str, Any] = {"rejected_rows": len(rejects.rows), "eval_split_rows": len(held_out),
+                               "eval_split_overlap_dropped": overlap}
     for kind, prefix in (("sft", "sft"), ("preference", "pref")):
         rows, dropped = dedupe(sets[kind]) if cfg.dedupe else (sets[kind], 0)
         train, val = split(rows, cfg.validation_fraction, rng)

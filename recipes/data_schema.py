@@ -70,6 +70,17 @@ class ToolsDataConfig(Section):
     """BFCL sets to train on (their non-held-out half)."""
 
 
+class EvalSplitConfig(Section):
+    fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of the chat rows of your own SFT datasets (`data.sft`) held out as an evaluation set,
+    `artifacts/data/eval_split.jsonl` (OpenAI chat rows ending with the reference answer), which a custom
+    suite reads: `eval.suites: [{name: holdout, file: artifacts/data/eval_split.jsonl, kind: generate,
+    metric: exact_match}]`. Training rows equal to a held-out row, or with the same normalised prompt
+    (case and whitespace), are dropped and counted. 0: no split."""
+    max_rows: int | None = Field(None, gt=0)
+    """At most this many held-out rows (an eval set need not grow with the training set)."""
+
+
 class DataConfig(Section):
     sft: list[DatasetSpec] = Field(default_factory=list)
     """Extra SFT datasets mixed with the skills set."""
@@ -81,6 +92,8 @@ class DataConfig(Section):
     """Self-distillation replay mixed into SFT so the tuned model keeps what the base could already do."""
     tools: ToolsDataConfig = Field(default_factory=ToolsDataConfig)
     """Function-calling rows from BFCL (off by default; recipes/tools-135m.yaml turns it on)."""
+    eval_split: EvalSplitConfig = Field(default_factory=EvalSplitConfig)
+    """A held-out evaluation set carved from your own SFT data (see EvalSplitConfig)."""
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of each training set held out for validation loss."""
     on_bad_row: Literal["error", "skip"] = "error"

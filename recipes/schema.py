@@ -249,6 +249,10 @@ class Recipe(Section):
         for name in self.eval.intermediate_suites or []:
             if name not in suites:
                 raise ValueError(f"eval.intermediate_suites: '{name}' is not one of eval.suites ({sorted(suites)})")
+        for suite in self.eval.suites:
+            if suite.file and suite.file.endswith("eval_split.jsonl") and self.data.eval_split.fraction == 0:
+                raise ValueError(f"eval.suites[{suite.name}] reads {suite.file}, but data.eval_split.fraction is 0, so the "
+                                 "data stage holds nothing out; set data.eval_split.fraction (e.g. 0.1)")
         if self.gate.max_retention is not None and "retention" not in suites:
             raise ValueError("gate.max_retention is set but eval.suites does not run the retention suite "
                              "(add {name: retention})")

@@ -1,6 +1,7 @@
 """The data stage: skills generation, mixing, de-duplication, splits and the bad-row policy."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,7 +79,8 @@ def test_skip_policy_records_every_bad_row_and_dedupes(tmp_path, monkeypatch):
     assert [(r["where"], r["reason"][:20]) for r in rejects] == [("line 2", "last message has rol"), ("line 3", "not valid JSON: Expe")]
     assert outputs["sft_train"]["rows"] == 1  # the duplicate of line 1 was dropped and counted
     assert read_manifest("data", tmp_path / "artifacts")["metrics"] == {
-        "rejected_rows": 2, "sft_duplicates_dropped": 1, "pref_duplicates_dropped": 0, "retention_prompts_in_training": 0}
+        "rejected_rows": 2, "sft_duplicates_dropped": 1, "pref_duplicates_dropped": 0, "retention_prompts_in_training": 0,
+        "eval_split_rows": 0, "eval_split_overlap_dropped": 0}
 
 
 def test_missing_dataset_file_is_named(tmp_path, monkeypatch):
@@ -111,3 +113,43 @@ def test_bfcl_tool_rows_train_only_what_the_tools_suite_does_not_score(tmp_path,
     assert not {row["messages"][-2]["content"] for row in rows} & scored
     sources = read_manifest("data", tmp_path / "artifacts")["inputs"]["sources"]
     assert [s["subset"] for s in sources if s.get("generated") == "bfcl"] == ["simple_python"]
+
+
+def test_eval_split_holds_out_users_rows_that_training_never_sees(tmp_path, monkeypatch):
+    """data.eval_split: held-out chat rows of the user's file, no training row with the same prompt (even
+    re-cased or re-spaced), the split recorded with its hash, and readable by a custom suite as it is."""
+    from eval.custom import read_rows
+    from recipes.schema import SuiteConfig
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"messages": [{"role": "user", "content": f"Ticket {i}: reset my password"},
+                          {"role": "assistant", "content": f"Answer {i}"}]} for i in range(20)]
+    rows += [{"messages": [{"role": "user", "content": f"  TICKET {i}:   reset my PASSWORD "},  # same prompts, re-spaced
+                           {"role": "assistant", "content": f"Other answer {i}"}]} for i in range(20)]
+    rows += [{"text": "plain text stays in training"}]
+    path = tmp_path / "tickets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe("default", ["data.replay.enabled=false", "data.skills.enabled=false", "data.dedupe=false",
+                                     f"data.sft=[{{path: {path}}}]", "data.eval_split={fraction: 0.25, max_rows: 6}"])
+    outputs = run_data(recipe, tmp_path / "artifacts")
+    held = [json.loads(line) for line in Path(outputs["eval_split"]["path"]).read_text().splitlines()]
+    train = [json.loads(line) for name in ("sft_train", "sft_val") for line in Path(outputs[name]["path"]).read_text().splitlines()]
+    assert len(held) == 6
+    norm = lambda row: " ".join(row["messages"][0]["content"].lower().split())  # noqa: E731
+    held_prompts = {norm(r) for r in held}
+    assert len(held_prompts) == 6 and not held_prompts & {norm(r) for r in train if "messages" in r}
+    assert len(train) == 41 - 6 - 6  # the 6 held out, and the 6 re-spaced twins of their prompts
+    assert {"text": "plain text stays in training"} in train
+    manifest = json.loads((tmp_path / "artifacts/data/manifest.json").read_text())
+    assert manifest["metrics"]["eval_split_rows"] == 6 and manifest["metrics"]["eval_split_overlap_dropped"] == 6
+    assert manifest["outputs"]["eval_split"]["sha256"]
+    suite = SuiteConfig(name="holdout", file=outputs["eval_split"]["path"], kind="generate", metric="exact_match")
+    assert [r["answer"] for r in read_rows(Path(suite.file), suite)] == [r["messages"][-1]["content"] for r in held]
+
+
+def test_an_eval_suite_on_the_split_needs_the_split():
+    with pytest.raises(LatheError, match="data.eval_split.fraction is 0"):
+        load_recipe("default", ["eval.suites=[{name: holdout, file: artifacts/data/eval_split.jsonl, kind: generate, "
+                                "metric: exact_match}]", "gate.primary_metric=holdout/exact_match",
+                                "gate.required=[holdout/exact_match]", "gate.guards=null", "gate.max_retention=null",
+                                "eval.intermediate_suites=null"])
