@@ -135,8 +135,15 @@ def examples(rows: list[dict]) -> dict[str, list[dict]]:
             out[kind].append({"part": row["part"], "prompt": _tail(row["prompt"], 600),
                               "target": _head(str(row["target"]), 300),
                               "response": _head(str(row["response"]), 400),
-                              **({"filtered": _head(str(row["filtered"]), 200)} if "filtered" in row else {})})
+                              **({"filtered": _head(str(row["filtered"]), 200)} if "filtered" in row else {}),
+                              **({"judge": _verdict(row["judge"])} if row.get("judge") else {})})
     return out
+
+
+def _verdict(judged: dict) -> str:
+    """A judge's verdict as the report shows it: `7 (reference-first): <the start of its reply>`."""
+    order = f" ({judged['order']})" if judged.get("order") else ""
+    return f"{judged.get('verdict') or 'unreadable'}{order}: {_head(' '.join(str(judged.get('raw')).split()), 200)}"
 
 
 def write_samples(rows: list[dict], path: Path) -> None:

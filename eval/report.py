@@ -197,7 +197,8 @@ def render_markdown(model: dict, title: str, extra: dict[str, str]) -> str:
                 part = f" [{item['part']}]" if item.get("part") else ""
                 out += [f"**{ex['suite']} / {ex['label']} / {kind}**{part} — target: `{_inline(item['target'])}`, "
                         f"response: `{_inline(item['response'])}`"
-                        + (f", extracted: `{_inline(item['filtered'])}`" if "filtered" in item else ""), "",
+                        + (f", extracted: `{_inline(item['filtered'])}`" if "filtered" in item else "")
+                        + (f", judge: `{_inline(item['judge'])}`" if "judge" in item else ""), "",
                         "```text", item["prompt"].replace("```", "ʼʼʼ"), "```", ""]
     for heading, body in extra.items():
         out += [f"## {heading}", "", body.rstrip(), ""]

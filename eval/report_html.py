@@ -74,6 +74,7 @@ def render_html(model: dict, title: str, extra: dict[str, str]) -> str:
         for kind, item in items:
             mark = "<span class='ok'>✔ right</span>" if kind == "right" else "<span class='bad'>✘ wrong</span>"
             extracted = f" · extracted <code>{escape(str(item['filtered']))}</code>" if "filtered" in item else ""
+            extracted += f" · judge <code>{escape(str(item['judge']))}</code>" if "judge" in item else ""
             part = f" [{escape(str(item['part']))}]" if item.get("part") else ""
             parts.append(f"<details><summary>{mark}{part} · target <code>{escape(str(item['target']))}</code> · "
                          f"response <code>{escape(str(item['response']))}</code>{extracted}</summary>"

@@ -80,6 +80,8 @@ def test_a_served_judge_grades_every_answer_and_its_prompts_and_raw_replies_are_
         assert row["metrics"]["judge_unparsed"] == 0.0
     assert entry["metrics"][metric] == pytest.approx(sum(r["metrics"][metric] for r in rows) / len(rows))
     assert entry["paired_metrics"] == [metric]  # judge_unparsed is reported, not compared as a guard would
+    shown = entry["examples"]["right"] + entry["examples"]["wrong"]
+    assert shown and all(ex["judge"].startswith(tuple(judge.verdicts(spec))) for ex in shown)  # the report shows the verdict
 
 
 def test_an_unreachable_judge_is_reported_with_its_address_not_scored(tiny_model_dir, tmp_path):
