@@ -11,7 +11,8 @@ fine-tuning validation file works as it is). Per kind and metric:
   row's `schema` (or the suite's `json_schema`); tool_call: `answer` the expected call(s)
   `{"name", "arguments"}` (or the last assistant message's `tool_calls`).
 - choice: `choices` (two or more strings) and `answer` (the right one's index or text).
-- judge: `answer` optional for single (shown to the judge as a reference), required for pairwise.
+- judge: `answer` optional for single (shown to the judge as a reference), required for pairwise against
+  the reference; pairwise against the baseline compares with the baseline model's answer to the row.
 The conversation is rendered with the model's chat template, tools as `lathe serve` renders them
 (chat/templates.py), so the model is asked what it is asked when served. Bad rows stop the run with
 `file:line: why` for each (like the data stage); nothing is skipped silently.
@@ -19,6 +20,7 @@ The conversation is rendered with the model's chat template, tools as `lathe ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -124,7 +126,7 @@ def _check_answer(raw: dict, out: dict, suite: SuiteConfig) -> None:
             raise m.RowError(str(exc)) from None
         if out["tools"] is None:
             raise m.RowError('a tool_call row needs "tools" (the functions the model may call)')
-    elif suite.kind == "generate" or (suite.kind == "judge" and (answer is not None or suite.judge.mode == "pairwise")):
+    elif suite.kind == "generate" or (suite.kind == "judge" and (answer is not None or _needs_reference(suite))):
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             answer = str(answer)
         if answer is None:
@@ -139,20 +141,40 @@ def _check_answer(raw: dict, out: dict, suite: SuiteConfig) -> None:
                 raise m.RowError(f'"answer" is not a valid regex: {exc}') from None
 
 
+def _needs_reference(suite: SuiteConfig) -> bool:
+    return suite.judge.mode == "pairwise" and suite.judge.against == "reference"
+
+
+def against_baseline(suite: SuiteConfig) -> bool:
+    return suite.kind == "judge" and suite.judge.mode == "pairwise" and suite.judge.against == "baseline"
+
+
 def prepare(suite: SuiteConfig, path: Path, tokenizer_dir: Path, task_dir: Path, *, seed: int,
-            part_kind: str | None = None):
-    """Write the suite's data and wrapper YAML into `task_dir`; returns the PreparedSuite for the harness."""
+            part_kind: str | None = None, opponent: dict[int, str] | str | None = None):
+    """Write the suite's data and wrapper YAML into `task_dir`; returns the PreparedSuite for the harness.
+    `opponent`: for a pairwise judge against the baseline, the baseline's answer per row line, or "self"
+    when this model is the baseline."""
     from transformers import AutoTokenizer
 
     from chat.templates import ChatFormatError, chat_format
-    from eval.suites import PreparedSuite
+    from eval.suites import PreparedSuite, SuiteUnavailable
 
     rows = read_rows(path, suite)
+    if against_baseline(suite):
+        if opponent is None:
+            raise SuiteUnavailable(f"{suite.name}: judge.against: baseline needs the baseline model's answers",
+                                   "run it in the evaluate stage (`lathe evaluate`), which judges the baseline first.")
+        if opponent != "self" and (missing := [r["line"] for r in rows if r["line"] not in opponent]):
+            raise SuiteUnavailable(f"{suite.name}: the baseline has no answer for line(s) {missing[:5]} of {path}",
+                                   "rerun the evaluate stage: the baseline is judged on the same file first.")
     fmt = chat_format(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
     task = f"lathe_{suite.name.replace('-', '_')}"
     task_dir.mkdir(parents=True, exist_ok=True)
     spec = {**suite.model_dump(mode="json"), "metrics": list(suite.metrics), "seed": seed,
             "verdicts_file": str(task_dir / "verdicts.jsonl")}
+    if against_baseline(suite):  # the opponent's answers change the scores: they are part of the settings
+        spec["opponent_sha256"] = "self" if opponent == "self" else hashlib.sha256(
+            json.dumps(sorted(opponent.items())).encode()).hexdigest()
     (task_dir / "suite.json").write_text(json.dumps(spec))
     docs = []
     for row in rows:
@@ -166,7 +188,9 @@ def prepare(suite: SuiteConfig, path: Path, tokenizer_dir: Path, task_dir: Path,
                      "target": answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False) if answer else "",
                      "part": row["part"] or "", "conversation": _transcript(row["messages"]),
                      "choices_json": json.dumps(row.get("choices")), "gold": row.get("gold", 0),
-                     "schema_json": json.dumps(row.get("schema")), "calls_json": json.dumps(row.get("calls"))})
+                     "schema_json": json.dumps(row.get("schema")), "calls_json": json.dumps(row.get("calls")),
+                     "opponent": opponent.get(row["line"], "") if isinstance(opponent, dict) else "",
+                     "_self": opponent == "self"})
     data = task_dir / f"{task}.data.jsonl"
     data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     base = "custom_choice.yaml" if suite.kind == "choice" else "custom_generate.yaml"

@@ -26,7 +26,7 @@ import re
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -43,12 +43,14 @@ log = logging.getLogger("lathe.eval")
 def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: str | Path,
                skills_file: str | Path | None, out_dir: str | Path, batch_size: int = 8, seed: int = 1234,
                apply_chat_template: bool = False, label: str = "model", cache_dir: str | Path | None = None,
-               device: str = "cpu", dtype: str = "float32", reference_dir: str | Path | None = None) -> dict:
+               device: str = "cpu", dtype: str = "float32", reference_dir: str | Path | None = None,
+               opponents: dict | None = None) -> dict:
     """Evaluate `model_dir` on each suite; a suite whose data is missing is recorded as `not_run`.
 
     `apply_chat_template` applies to every suite but skills (always templated). `device`/`dtype` are
     lm-eval's hf backend arguments (`cuda`/`bfloat16` on a GPU). `reference_dir` is the base model the
-    `retention` suite compares with (eval/retention.py); without it that suite is not run."""
+    `retention` suite compares with (eval/retention.py); without it that suite is not run. `opponents`:
+    per custom judge suite judged against the baseline, the baseline's answers `{line: text}` or "self"."""
     catalog.validate_suites(suites)  # the recipe's suites and the user's files first: cheap, and their errors are the user's
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -60,7 +62,7 @@ def run_suites(model_dir: str | Path, suites: list[SuiteConfig], *, mirror_dir: 
     model = _LocalModel(model_dir, batch_size=batch_size, device=device, dtype=dtype)
     return _run_all(model, suites, mirror_dir=mirror_dir, skills_file=skills_file, out_dir=out_dir, seed=seed,
                     apply_chat_template=apply_chat_template, label=label, cache_dir=cache_dir,
-                    reference_dir=Path(reference_dir) if reference_dir else None)
+                    reference_dir=Path(reference_dir) if reference_dir else None, opponents=opponents)
 
 
 def run_suites_endpoint(endpoint: str, suites: list[SuiteConfig], *, model_name: str, tokenizer: str | Path,
@@ -87,14 +89,14 @@ def _offline() -> None:
 
 
 def _run_all(model, suites, *, mirror_dir, skills_file, out_dir, seed, apply_chat_template, label, cache_dir,
-             reference_dir: Path | None = None) -> dict:
+             reference_dir: Path | None = None, opponents: dict | None = None) -> dict:
     _offline()
     out_dir, mirror_dir = Path(out_dir), Path(mirror_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(model=model, mirror_dir=mirror_dir, out_dir=out_dir,
                skills_file=Path(skills_file) if skills_file else None, seed=seed,
                apply_chat_template=apply_chat_template, cache=EvalCache(cache_dir) if cache_dir else None,
-               reference_dir=reference_dir)
+               reference_dir=reference_dir, opponents=opponents or {})
     results = {"label": label, **model.header(),
                "lm_eval_version": metadata.version("lm_eval"), "versions": _versions(),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "suites": {}}
@@ -175,6 +177,7 @@ class _Run:
     apply_chat_template: bool
     cache: EvalCache | None
     reference_dir: Path | None = None
+    opponents: dict = field(default_factory=dict)
 
     def suite(self, suite: SuiteConfig, task_dir: Path) -> dict:
         if suite.name == "retention":
@@ -183,7 +186,8 @@ class _Run:
             return self._tools(suite)
         try:
             prepared = catalog.prepare(suite, mirror_dir=self.mirror_dir, skills_file=self.skills_file,
-                                      task_dir=task_dir, tokenizer_dir=self.model.tokenizer_dir, seed=self.seed)
+                                      task_dir=task_dir, tokenizer_dir=self.model.tokenizer_dir, seed=self.seed,
+                                      opponent=self.opponents.get(suite.name))
         except catalog.SuiteUnavailable as missing:
             log.warning("eval: %s not run: %s", suite.name, missing.reason)
             return {"status": "not_run", "reason": missing.reason, "fix": missing.fix}

@@ -3,9 +3,10 @@
 
 - single: the judge rates the answer against the rubric (and the row's reference answer when given):
   1–10 (`judge_score` = rating / 10) or PASS/FAIL (`judge_pass`).
-- pairwise: the judge picks the better of the model's answer and the row's reference answer; which one
+- pairwise: the judge picks the better of the model's answer and its opponent's — the row's reference
+  answer, or the baseline model's answer (the champion, else the base; `against: baseline`); which one
   is shown first is decided per item by a seeded hash, so a judge's position bias cancels over a suite.
-  `win_rate`: win 1, tie ½, loss 0.
+  `win_rate`: win 1, tie ½, loss 0; the baseline itself, and an answer identical to the baseline's, tie.
 - The verdict is asked with `response_format: json_schema` (a short reason, then the verdict) unless
   `structured: false`; otherwise, or when the reply is not JSON, it is read from "[[…]]" in the text.
   A verdict that cannot be read scores as the worst verdict and counts in `judge_unparsed`.
@@ -76,7 +77,8 @@ def prompt(spec: dict, doc: dict, response: str) -> tuple[str, str | None]:
     fields = {"rubric": judge["rubric"].strip(), "conversation": doc["conversation"], "instruction": _instruction(spec)}
     if judge["mode"] == "pairwise":
         first = candidate_first(spec["seed"], doc["_row"])
-        a, b = (response, doc["target"]) if first else (doc["target"], response)
+        other = doc["opponent"] if judge.get("against") == "baseline" else doc["target"]
+        a, b = (response, other) if first else (other, response)
         return text.format(**fields, answer_a=a, answer_b=b), "candidate-first" if first else "reference-first"
     reference = f"\n[A reference answer]\n{doc['target']}\n[End of the reference answer]\n" if doc["target"] else ""
     return text.format(**fields, reference_block=reference, answer=response), None
@@ -116,11 +118,17 @@ def score(spec: dict, verdict: str | None, order: str | None) -> float:
 
 
 def judge(spec: dict, doc: dict, response: str) -> tuple[float, bool]:
-    """(score, unparsed) for one answer; appends the prompt and raw reply to the suite's verdicts file."""
-    text, order = prompt(spec, doc, response)
-    content = ask(spec, text)
-    verdict = parse(spec, content)
-    value = score(spec, verdict, order)
+    """(score, unparsed) for one answer; appends the prompt and raw reply to the suite's verdicts file.
+    Against the baseline, the baseline itself and an answer identical to the baseline's are ties (½)
+    without a judge call."""
+    if spec["judge"].get("against") == "baseline" and (doc["_self"] or response.strip() == doc["opponent"].strip()):
+        text, order, verdict, value = None, None, "tie", 0.5
+        content = "the baseline itself: a tie by definition" if doc["_self"] else "identical to the baseline's answer: a tie"
+    else:
+        text, order = prompt(spec, doc, response)
+        content = ask(spec, text)
+        verdict = parse(spec, content)
+        value = score(spec, verdict, order)
     with open(spec["verdicts_file"], "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"row": doc["_row"], "judge_prompt": text, "raw": content, "verdict": verdict,
                              "order": order, "score": value}, ensure_ascii=False) + "\n")

@@ -111,13 +111,13 @@ def validate_suites(suites: list[SuiteConfig]) -> None:
 
 
 def prepare(suite: SuiteConfig, *, mirror_dir: Path, skills_file: Path | None, task_dir: Path,
-            tokenizer_dir: Path | None = None, seed: int = 1234) -> PreparedSuite:
+            tokenizer_dir: Path | None = None, seed: int = 1234, opponent=None) -> PreparedSuite:
     """Write the suite's wrapper YAMLs into `task_dir` and say what to evaluate. Skills and custom suites
     render their prompts with the chat template in `tokenizer_dir` (the model's); `seed` orders a pairwise judge."""
     from eval import custom
 
     if suite.custom:
-        return custom.prepare(suite, Path(suite.file), tokenizer_dir, task_dir, seed=seed)
+        return custom.prepare(suite, Path(suite.file), tokenizer_dir, task_dir, seed=seed, opponent=opponent)
     if suite.name == "skills":
         return custom.prepare(skills_suite(suite, _skills_file(skills_file)), Path(skills_file), tokenizer_dir,
                               task_dir, seed=seed)

@@ -92,11 +92,16 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     champion = current_champion(recipe)
     if champion is not None:
         judged["champion"] = champion[1]
-    for label, model_dir in judged.items():
-        results[label] = run_suites(model_dir, suites_for(label, cfg), mirror_dir=cfg.mirror_dir,
+    # The baseline (what the gate compares the candidate with) is judged first: a pairwise judge suite
+    # `against: baseline` gives the other models its answers as their opponents.
+    baseline = "champion" if champion is not None else "base"
+    for label in [baseline] + [name for name in judged if name != baseline]:
+        results[label] = run_suites(judged[label], suites_for(label, cfg), mirror_dir=cfg.mirror_dir,
                                     skills_file=skills_file, out_dir=out / label, batch_size=cfg.batch_size,
                                     seed=cfg.seed, apply_chat_template=cfg.apply_chat_template, label=label,
-                                    cache_dir=CACHE, reference_dir=judged["base"])
+                                    cache_dir=CACHE, reference_dir=judged["base"],
+                                    opponents=opponents(cfg, label, baseline, results, out))
+    results = {label: results[label] for label in judged}  # report column order
     comparisons = paired_comparisons(results, out, recipe, champion)
     (out / "comparisons.json").write_text(json.dumps(comparisons, indent=1, sort_keys=True) + "\n")
     md, html = write_report(results, out, title=f"Lathe evaluation report — recipe '{recipe.name}'",
@@ -114,6 +119,23 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
                                                        "metrics": str(out / "metrics.json"),
                                                        "comparisons": str(out / "comparisons.json")}, metrics=metrics)
     return {"report_md": md, "report_html": html, "metrics": metrics}
+
+
+def opponents(cfg, label: str, baseline: str, results: dict, out: Path) -> dict:
+    """For each judge suite that compares answers with the baseline's (`judge.against: baseline`): "self"
+    for the baseline, else the baseline's answer per row line (from its samples); none if it did not run."""
+    from eval.custom import against_baseline
+
+    found = {}
+    for suite in cfg.suites:
+        if not (suite.custom and against_baseline(suite)):
+            continue
+        if label == baseline:
+            found[suite.name] = "self"
+        elif (entry := results[baseline]["suites"].get(suite.name, {})).get("status") == "ok":
+            rows = (out / baseline / entry["samples_file"]).read_text(encoding="utf-8").splitlines()
+            found[suite.name] = {row["line"]: row["response"] for row in map(json.loads, rows)}
+    return found
 
 
 def paired_comparisons(results: dict, out: Path, recipe: Recipe, champion) -> dict:

@@ -42,8 +42,12 @@ class JudgeConfig(Section):
     """Environment variable holding the judge's API key (never the key itself: recipes are committed)."""
     mode: Literal["single", "pairwise"] = "single"
     """`single`: the judge grades each answer alone (with the row's `answer` as a reference when given).
-    `pairwise`: the judge picks the better of the model's answer and the row's reference `answer`, in an
+    `pairwise`: the judge picks the better of the model's answer and its opponent's (`against`), in an
     order randomised per item (seeded) so position bias cancels; reports `win_rate` (win 1, tie ½, loss 0)."""
+    against: Literal["reference", "baseline"] = "reference"
+    """Pairwise opponent: the row's reference `answer`, or the `baseline` model's answer to the same row —
+    the champion when there is one, else the base ("champion zero"); the baseline itself scores ½ on every
+    row. Identical answers are a tie without asking the judge. `baseline` runs in the evaluate stage only."""
     scale: Literal["score10", "pass_fail"] = "score10"
     """Single mode: a 1–10 rating (`judge_score` = rating / 10) or PASS/FAIL (`judge_pass`)."""
     rubric: str
@@ -121,6 +125,8 @@ class SuiteConfig(Section):
         if self.kind != "generate" and self.metric is not None:
             raise ValueError(f"suite {self.name!r}: `metric` is for kind generate; kind {self.kind} reports "
                              f"{', '.join(self.metrics)}")
+        if self.judge is not None and self.judge.against == "baseline" and self.judge.mode != "pairwise":
+            raise ValueError(f"suite {self.name!r}: judge.against: baseline is for mode pairwise")
         if (self.kind == "judge") != (self.judge is not None):
             raise ValueError(f"suite {self.name!r}: " + ("kind judge needs `judge` (endpoint, model, rubric)"
                                                           if self.judge is None else "`judge` is for kind judge"))

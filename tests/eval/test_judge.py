@@ -97,3 +97,37 @@ def test_judge_prompts_ship_with_the_package():
     for mode in ("single", "pairwise"):
         text = Path(judge.template_path(mode)).read_text()
         assert "{rubric}" in text and "{conversation}" in text and "{instruction}" in text
+
+
+def test_pairwise_against_the_baseline_uses_its_answers_and_the_baseline_itself_ties(judge_url, tiny_model_dir, tmp_path):
+    from pipelines.evaluate import opponents
+    from recipes.schema import EvalConfig
+
+    suite = SuiteConfig(name="helpful", file=str(write_jsonl(tmp_path / "rows.jsonl", [{"prompt": r["prompt"]} for r in ROWS])),
+                        kind="judge", max_gen_toks=8,
+                        judge={"endpoint": judge_url, "model": "judge", "rubric": RUBRIC, "mode": "pairwise",
+                               "against": "baseline", "max_tokens": 600})
+    cfg = EvalConfig(suites=[suite])
+    base = run_suites(tiny_model_dir, [suite], mirror_dir=tmp_path, skills_file=None, out_dir=tmp_path / "base",
+                      opponents=opponents(cfg, "base", "base", {}, tmp_path))
+    entry = base["suites"]["helpful"]
+    assert entry["metrics"]["win_rate"] == 0.5 and entry["settings"]["custom"]["opponent_sha256"] == "self"
+    rows = [json.loads(line) for line in (tmp_path / "base" / entry["samples_file"]).read_text().splitlines()]
+    assert all(r["judge"]["verdict"] == "tie" and r["judge"]["judge_prompt"] is None for r in rows)  # no judge call
+
+    # The candidate meets the baseline's answers (from its samples); different answers go to the judge.
+    theirs = opponents(cfg, "tuned", "base", {"base": base}, tmp_path)["helpful"]
+    assert theirs == {r["line"]: r["response"] for r in rows}
+    different = {line: f"A different answer to row {line}." for line in theirs}
+    tuned = run_suites(tiny_model_dir, [suite], mirror_dir=tmp_path, skills_file=None, out_dir=tmp_path / "tuned",
+                       opponents={"helpful": different})
+    entry = tuned["suites"]["helpful"]
+    rows = [json.loads(line) for line in (tmp_path / "tuned" / entry["samples_file"]).read_text().splitlines()]
+    spec = {"seed": 1234, "judge": {"mode": "pairwise", "scale": "score10", "structured": True, "rubric": RUBRIC}}
+    for row in rows:
+        assert different[row["line"]] in row["judge"]["judge_prompt"] and row["response"] in row["judge"]["judge_prompt"]
+        assert row["metrics"]["win_rate"] == judge.score(spec, judge.parse(spec, row["judge"]["raw"]), row["judge"]["order"])
+    assert entry["settings"]["custom"]["opponent_sha256"] not in ("self", None)
+    # Without the baseline's answers (e.g. `--endpoint`), the suite is not run, and says why.
+    alone = run_suites(tiny_model_dir, [suite], mirror_dir=tmp_path, skills_file=None, out_dir=tmp_path / "alone")
+    assert alone["suites"]["helpful"]["status"] == "not_run" and "baseline" in alone["suites"]["helpful"]["reason"]
