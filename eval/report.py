@@ -1,8 +1,12 @@
 """The evaluation report: `report.md` and a self-contained `report.html` (inline CSS and SVG, no
 scripts, no external links) comparing several results dicts, the first being the baseline.
 
-Values are fractions (0-1) shown with three decimals; "±" is lm-eval's standard error; Δ is the
-difference to the first label, with the combined standard error sqrt(s1² + s2²) in parentheses.
+Values are fractions (0-1) shown with three decimals, each with its 95% interval and n (the items scored):
+Wilson's interval for right/wrong scores, ±1.96 standard errors for the others (KL, judge ratings, macro
+averages). Δ is the difference to the first label: with the paired comparison's 95% interval and p-value
+where one exists (the same items, eval/compare.py), else with the combined standard error sqrt(s1² + s2²);
+it is marked significant only when p < 0.05. A suite scored on a limited or small sample gets a warning
+that says how wide its interval is: what that sample can and cannot detect.
 """
 
 from __future__ import annotations
@@ -10,17 +14,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from eval.report_html import render_html, text
+from eval.report_html import LEGEND, render_html, text
+
+
+CONTINUOUS = {"kl", "nll", "nll_base", "nll_gap", "judge_score", "win_rate", "judge_unparsed", "acc_macro"}
+"""Metrics that are not a share of right answers: their interval is ±1.96 SE, not Wilson's."""
+SMALL_SAMPLE = 100
+"""Fewer items than this, or a `limit`, and the suite gets a warning with its interval's width."""
 
 
 def write_report(results_by_label: dict[str, dict], out_dir: str | Path, *, title: str = "Lathe evaluation report",
-                 extra_sections: dict[str, str] | None = None) -> tuple[Path, Path]:
-    """Write `report.md` and `report.html` into `out_dir`; returns both paths."""
+                 extra_sections: dict[str, str] | None = None, paired: dict[str, dict] | None = None) -> tuple[Path, Path]:
+    """Write `report.md` and `report.html` into `out_dir`; returns both paths. `paired`: per label, the
+    paired comparisons (eval/compare.py) of that label against the first one, `{"suite/metric": {...}}`."""
     if not results_by_label:
         raise ValueError("write_report needs at least one results dict")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(results_by_label)
+    model = build_model(results_by_label, paired or {})
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     md_path.write_text(render_markdown(model, title, extra_sections or {}), encoding="utf-8")
     html_path.write_text(render_html(model, title, extra_sections or {}), encoding="utf-8")
@@ -29,7 +40,7 @@ def write_report(results_by_label: dict[str, dict], out_dir: str | Path, *, titl
 
 # ---- the report's content, independent of the output format -------------------------------------
 
-def build_model(results_by_label: dict[str, dict]) -> dict:
+def build_model(results_by_label: dict[str, dict], paired: dict[str, dict] | None = None) -> dict:
     labels = list(results_by_label)
     suites: list[str] = []
     for results in results_by_label.values():
@@ -49,8 +60,9 @@ def build_model(results_by_label: dict[str, dict]) -> dict:
         for metric in names:
             summary.append({"suite": suite, "metric": metric, "primary": metric == primary,
                             "cells": [_cell(entry(lb, suite), metric) for lb in labels]})
-    _add_deltas(summary)
+    _add_deltas(summary, [(paired or {}).get(lb, {}) for lb in labels[1:]])
     return {
+        "warnings": _sample_warnings(labels, suites, entry, summary),
         "labels": labels,
         "models": [{"label": lb, "model_dir": r.get("model_dir") or _served(r), "model_hash": r.get("model_hash"),
                     "lm_eval_version": r.get("lm_eval_version"), "created": r.get("created")}
@@ -73,26 +85,73 @@ def _served(results: dict) -> str | None:
     return f"{results.get('served_model')} at {results['endpoint']}{version}"
 
 
+def scored(entry: dict) -> int | None:
+    """How many items a suite entry scored."""
+    return (entry.get("settings", {}).get("n_samples") or {}).get("scored") or entry.get("n")
+
+
 def _cell(entry: dict, metric: str) -> dict | None:
     if entry.get("status") != "ok" or entry["metrics"].get(metric) is None:
         return None
-    return _with_text({"value": entry["metrics"][metric], "stderr": entry["metrics"].get(f"{metric}_stderr")})
+    return _with_text({"value": entry["metrics"][metric], "stderr": entry["metrics"].get(f"{metric}_stderr"),
+                       "n": scored(entry), "proportion": metric not in CONTINUOUS})
 
 
-def _add_deltas(rows: list[dict]) -> None:
-    """Δ of every label to the first one, on each row that has both values."""
+def interval(cell: dict) -> tuple[float, float] | None:
+    """The 95% interval of a cell: Wilson's for a share of right answers, ±1.96 SE otherwise."""
+    from eval.paired import Z_95, wilson
+
+    if cell.get("proportion") and cell.get("n"):
+        return wilson(cell["value"] * cell["n"], cell["n"])
+    if cell.get("stderr") is not None:
+        return cell["value"] - Z_95 * cell["stderr"], cell["value"] + Z_95 * cell["stderr"]
+    return None
+
+
+def _add_deltas(rows: list[dict], paired: list[dict] | None = None) -> None:
+    """Δ of every label to the first one, on each row that has both values: from the paired comparison
+    where there is one (its interval and p), else with the combined standard error and no verdict."""
     for row in rows:
         base = row["cells"][0]
         row["deltas"] = []
-        for cell in row["cells"][1:]:
+        for i, cell in enumerate(row["cells"][1:]):
             if base is None or cell is None:
                 row["deltas"].append(None)
                 continue
-            errs = [c["stderr"] for c in (base, cell)]
-            combined = math.sqrt(sum(e * e for e in errs)) if None not in errs else None
-            delta = {"value": cell["value"] - base["value"], "stderr": combined}
-            delta["text"] = f"{delta['value']:+.3f}" + (f" (±{combined:.3f})" if combined is not None else "")
+            pair = (paired[i] if paired else {}).get(f"{row.get('suite')}/{row.get('metric')}")
+            if pair:
+                lo, hi = pair["ci95"]
+                delta = {"value": pair["delta"], "stderr": pair["se"], "p": pair["p_value"],
+                         "significant": pair["p_value"] < 0.05}
+                delta["text"] = (f"{pair['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={pair['p_value']:.2g}"
+                                 + ("" if delta["significant"] else " (n.s.)"))
+            else:
+                errs = [c["stderr"] for c in (base, cell)]
+                combined = math.sqrt(sum(e * e for e in errs)) if None not in errs else None
+                delta = {"value": cell["value"] - base["value"], "stderr": combined, "significant": None}
+                delta["text"] = f"{delta['value']:+.3f}" + (f" (±{combined:.3f})" if combined is not None else "")
             row["deltas"].append(delta)
+
+
+def _sample_warnings(labels, suites, entry, summary) -> list[str]:
+    """One line per suite scored on a limited or small sample: n, the limit, and its interval's width."""
+    out = []
+    for suite in suites:
+        entries = [entry(lb, suite) for lb in labels if entry(lb, suite).get("status") == "ok"]
+        cells = [r["cells"] for r in summary if r["suite"] == suite and r["primary"]]
+        if not entries or not cells:
+            continue
+        n, limit = scored(entries[0]), entries[0].get("settings", {}).get("limit")
+        available = (entries[0].get("settings", {}).get("n_samples") or {}).get("available")
+        if n is None or (limit is None and n >= SMALL_SAMPLE):
+            continue
+        first = next((c for c in cells[0] if c is not None), None)
+        bounds = interval(first) if first else None
+        width = f"; its 95% interval is {bounds[1] - bounds[0]:.2f} wide" if bounds else ""
+        cut = f" (limit {limit}{f' of {available} available' if available else ''})" if limit else ""
+        out.append(f"{suite}: scored on {n} items{cut}{width}: a difference smaller than that cannot be told "
+                   "from noise; compare the paired MDE below before trusting a small Δ.")
+    return out
 
 
 _SETTING_KEYS = ("backend", "num_fewshot", "limit", "apply_chat_template", "batch_size", "seed", "filters", "gen_kwargs",
@@ -138,7 +197,8 @@ def _breakdowns(labels, suites, entry) -> list[dict]:
                 for lb in labels:
                     values = entry(lb, suite).get("breakdown", {}).get(kind, {}).get(part)
                     cells.append(None if values is None or values.get(metric) is None else _with_text(
-                        {"value": values[metric], "stderr": values.get(f"{metric}_stderr"), "n": values.get("n")}))
+                        {"value": values[metric], "stderr": values.get(f"{metric}_stderr"), "n": values.get("n"),
+                         "proportion": metric not in CONTINUOUS}))
                 rows.append({"part": part, "cells": cells})
             _add_deltas(rows)
             tables.append({"suite": suite, "kind": kind, "metric": metric, "rows": rows})
@@ -148,9 +208,9 @@ def _breakdowns(labels, suites, entry) -> list[dict]:
 # ---- Markdown --------------------------------------------------------------------------------------
 
 def _with_text(cell: dict) -> dict:
-    err, n = cell.get("stderr"), cell.get("n")
-    cell["text"] = (f"{cell['value']:.3f}" + (f" ± {err:.3f}" if err is not None else "")
-                    + (f" (n={n})" if n else ""))
+    bounds, n = interval(cell), cell.get("n")
+    cell["text"] = (f"{cell['value']:.3f}" + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "")
+                    + (f" n={n}" if n else ""))
     return cell
 
 
@@ -164,8 +224,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(model: dict, title: str, extra: dict[str, str]) -> str:
     labels, base = model["labels"], model["labels"][0]
-    out = [f"# {title}", "", "Values are fractions (0-1) ± standard error; Δ is each model minus "
-           f"**{base}** (± combined standard error).", "", "## Models", ""]
+    out = [f"# {title}", "", LEGEND.format(base=f"**{base}**"), "", "## Models", ""]
     out.append(_md_table(["label", "model dir", "model hash", "lm-eval"],
                          [[m["label"], m["model_dir"], (m["model_hash"] or "")[:12], m["lm_eval_version"]]
                           for m in model["models"]]))
@@ -174,6 +233,7 @@ def render_markdown(model: dict, title: str, extra: dict[str, str]) -> str:
     rows = [[r["suite"], f"**{r['metric']}**" if r["primary"] else r["metric"]]
             + [text(c) for c in r["cells"]] + [text(d) for d in r["deltas"]] for r in model["summary"]]
     out.append(_md_table(header, rows) if rows else "_No suite ran._")
+    out += [""] + [f"> ⚠ {w}" for w in model["warnings"]] if model["warnings"] else []
     if model["not_run"]:
         out += ["", "## Not run", ""]
         out += [f"- **{n['suite']}** ({n['label']}): {n['reason']}  \n  Fix: {n['fix']}" for n in model["not_run"]]

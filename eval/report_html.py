@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from html import escape
 
+LEGEND = ("Values are fractions (0-1) with their 95% interval [Wilson's for right/wrong scores, ±1.96 SE "
+          "otherwise] and n, the items scored. Δ is each model minus {base}: where the two were compared "
+          "item by item, with the paired 95% interval and p-value, and marked (n.s.) when p ≥ 0.05; "
+          "elsewhere ± the combined standard error, with no verdict.")
 PALETTE = ["#7a869a", "#2f6fbd", "#2e9e6a", "#c77d1a", "#8a4fbf", "#c2414b"]
 
 CSS = """
@@ -26,8 +30,7 @@ def render_html(model: dict, title: str, extra: dict[str, str]) -> str:
     labels, base = model["labels"], model["labels"][0]
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>",
-             f"<p class='muted'>Values are fractions (0-1) ± standard error; Δ is each model minus "
-             f"<b>{escape(base)}</b> (± combined standard error).</p>", "<h2>Models</h2>",
+             f"<p class='muted'>{escape(LEGEND.format(base=base))}</p>", "<h2>Models</h2>",
              _table(["label", "model dir", "model hash", "lm-eval"],
                     [[_swatch(i) + escape(m["label"]), escape(str(m["model_dir"])),
                       f"<code>{escape((m['model_hash'] or '')[:12])}</code>", escape(str(m["lm_eval_version"]))]
@@ -41,6 +44,7 @@ def render_html(model: dict, title: str, extra: dict[str, str]) -> str:
                  else escape(r["metric"])] + [_num(text(c)) for c in r["cells"]]
                 + [_delta(d) for d in r["deltas"]] for r in model["summary"]]
         parts.append(_table(header, rows))
+        parts += [f"<p class='warn'>⚠ {escape(w)}</p>" for w in model["warnings"]]
     else:
         parts.append("<p>No suite ran.</p>")
 
@@ -104,7 +108,11 @@ def _num(text: str) -> str:
 
 
 def _delta(delta: dict | None) -> str:
-    cls = "" if delta is None or delta["value"] == 0 else ("pos" if delta["value"] > 0 else "neg")
+    """Green or red only for a significant paired difference; any other Δ stays neutral."""
+    if delta is None or not delta.get("significant"):
+        cls = "muted" if delta is not None and delta.get("significant") is False else ""
+    else:
+        cls = "pos" if delta["value"] > 0 else "neg"
     return f"<td class='num {cls}'>{escape(text(delta))}</td>"
 
 

@@ -105,6 +105,7 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     comparisons = paired_comparisons(results, out, recipe, champion)
     (out / "comparisons.json").write_text(json.dumps(comparisons, indent=1, sort_keys=True) + "\n")
     md, html = write_report(results, out, title=f"Lathe evaluation report — recipe '{recipe.name}'",
+                            paired={"tuned": comparisons["against"]["base"]["paired"]},
                             extra_sections={COMPARISONS: comparisons_markdown(comparisons),
                                             RETENTION: retention_markdown(results),
                                             TRAINING: training_curves(root)})

@@ -106,11 +106,14 @@ def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None)
                          "evaluated yet. Run `lathe evaluate` (or `dvc repro evaluate`) first")
     order = [label for label in REPORT_ORDER if label in results] + sorted(set(results) - set(REPORT_ORDER))
     sections = {"Promotion": decision_md} if decision_md else {}
-    comparisons = root / "evaluate" / "comparisons.json"
+    comparisons, paired = root / "evaluate" / "comparisons.json", {}
     if comparisons.exists():
-        sections[COMPARISONS] = comparisons_markdown(json.loads(comparisons.read_text()))
+        record = json.loads(comparisons.read_text())
+        sections[COMPARISONS] = comparisons_markdown(record)
+        if order[0] == "base" and "base" in record.get("against", {}):  # the Δ columns are vs the first label
+            paired = {"tuned": record["against"]["base"]["paired"]}
     sections[RETENTION] = retention_markdown(results)
-    return write_report({label: results[label] for label in order}, out,
+    return write_report({label: results[label] for label in order}, out, paired=paired,
                         title=f"Lathe report — recipe '{recipe.name}'",
                         extra_sections={**sections, TRAINING: training_curves(root)})
 

@@ -47,3 +47,29 @@ def test_report_markdown_and_html(full_run, tmp_path):
     assert "script" not in tags.starts and "link" not in tags.starts and tags.links == []
     assert "http://" not in html and "https://" not in html
     assert "svg" in tags.starts and "style" in tags.starts      # inline chart and CSS
+
+
+def test_small_samples_show_their_intervals_and_only_significant_paired_deltas_are_coloured(tmp_path):
+    """n per score, Wilson 95% intervals, a warning for a limited suite, and Δ coloured only when the paired
+    comparison says p < 0.05: 0.200 → 0.400 on 10 items is not a finding."""
+    from eval.paired import wilson
+
+    def results(value: float) -> dict:
+        return {"suites": {"mine": {"status": "ok", "primary": "exact_match",
+                                    "metrics": {"exact_match": value, "exact_match_stderr": 0.13},
+                                    "settings": {"limit": 10, "n_samples": {"scored": 10, "available": 500},
+                                                 "data_files": {}}}}}
+
+    paired = {"tuned": {"mine/exact_match": {"delta": 0.2, "se": 0.13, "ci95": [-0.05, 0.45], "p_value": 0.38}}}
+    md_path, html_path = write_report({"base": results(0.2), "tuned": results(0.4)}, tmp_path, paired=paired)
+    md, html = md_path.read_text(), html_path.read_text()
+    lo, hi = wilson(4, 10)
+    assert f"0.400 [{lo:.2f}, {hi:.2f}] n=10" in md
+    assert "+0.200 [-0.050, +0.450] p=0.38 (n.s.)" in md
+    assert f"mine: scored on 10 items (limit 10 of 500 available); its 95% interval is {wilson(2, 10)[1] - wilson(2, 10)[0]:.2f} wide" in md
+    assert "class='num muted'>+0.200" in html and "class='num pos'" not in html  # not significant: not green
+    assert "class='warn'>⚠ mine: scored on 10 items" in html
+
+    paired["tuned"]["mine/exact_match"]["p_value"] = 0.01
+    _, html_path = write_report({"base": results(0.2), "tuned": results(0.4)}, tmp_path / "sig", paired=paired)
+    assert "class='num pos'>+0.200" in html_path.read_text()
