@@ -24,14 +24,17 @@ SMALL_SAMPLE = 100
 
 
 def write_report(results_by_label: dict[str, dict], out_dir: str | Path, *, title: str = "Lathe evaluation report",
-                 extra_sections: dict[str, str] | None = None, paired: dict[str, dict] | None = None) -> tuple[Path, Path]:
+                 extra_sections: dict[str, str] | None = None, paired: dict[str, dict] | None = None,
+                 verdict: str | None = None) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir`; returns both paths. `paired`: per label, the
-    paired comparisons (eval/compare.py) of that label against the first one, `{"suite/metric": {...}}`."""
+    paired comparisons (eval/compare.py) of that label against the first one, `{"suite/metric": {...}}`.
+    `verdict` (Markdown): the promotion decision, shown first, in a box."""
     if not results_by_label:
         raise ValueError("write_report needs at least one results dict")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(results_by_label, paired or {})
+    model["verdict"] = verdict
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     md_path.write_text(render_markdown(model, title, extra_sections or {}), encoding="utf-8")
     html_path.write_text(render_html(model, title, extra_sections or {}), encoding="utf-8")
@@ -224,7 +227,10 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(model: dict, title: str, extra: dict[str, str]) -> str:
     labels, base = model["labels"], model["labels"][0]
-    out = [f"# {title}", "", LEGEND.format(base=f"**{base}**"), "", "## Models", ""]
+    out = [f"# {title}", ""]
+    if model.get("verdict"):
+        out += ["## Verdict", "", *[f"> {line}" if line else ">" for line in model["verdict"].splitlines()], ""]
+    out += [LEGEND.format(base=f"**{base}**"), "", "## Models", ""]
     out.append(_md_table(["label", "model dir", "model hash", "lm-eval"],
                          [[m["label"], m["model_dir"], (m["model_hash"] or "")[:12], m["lm_eval_version"]]
                           for m in model["models"]]))

@@ -23,6 +23,8 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;
 pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;white-space:pre-wrap;font-size:.8rem;margin:.3rem 0}
 details{margin:.3rem 0 .6rem}summary{cursor:pointer}
 .ok{color:#1a7f37}.bad{color:#cf222e}code{background:#f6f8fa;padding:0 .2rem}
+.verdict{border:2px solid #2f6fbd;border-radius:6px;padding:.2rem 1rem .6rem;background:#f5f9ff}
+.verdict h2{margin-top:.6rem;border:none}
 """
 
 
@@ -30,6 +32,7 @@ def render_html(model: dict, title: str, extra: dict[str, str]) -> str:
     labels, base = model["labels"], model["labels"][0]
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>",
+             f"<section class='verdict'><h2>Verdict</h2>{_markdown(model['verdict'])}</section>" if model.get("verdict") else "",
              f"<p class='muted'>{escape(LEGEND.format(base=base))}</p>", "<h2>Models</h2>",
              _table(["label", "model dir", "model hash", "lm-eval"],
                     [[_swatch(i) + escape(m["label"]), escape(str(m["model_dir"])),

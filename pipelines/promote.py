@@ -47,8 +47,9 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
                                      reason=args.reason, out_json=out / "decision.json",
                                      champion_metrics=_rejudged_champion(root), judged=_judged(root, version))
         verdict = _verdict(decision.promote)
-        md, html = final_report(recipe, root, out, decision_markdown(recipe.registry.model_name, version,
-                                                                     decision.to_dict()))
+        record = json.loads((out / "decision.json").read_text())
+        md, html = final_report(recipe, root, out, decision_markdown(recipe.registry.model_name, version, record,
+                                                                     _comparisons(root)))
         tracking.log_artifacts([md, html], "report")
     print(f"promote: {recipe.registry.model_name} version {version}: {verdict}")
     for check in decision.checks:
@@ -68,6 +69,11 @@ def _judged(root: Path, version: str) -> dict | None:
     return json.loads(comparisons.read_text())["against"]
 
 
+def _comparisons(root: Path) -> dict | None:
+    path = root / "evaluate" / "comparisons.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _rejudged_champion(root: Path) -> dict[str, dict[str, float]] | None:
     metrics = json.loads((root / "evaluate" / "metrics.json").read_text()) if (root / "evaluate" / "metrics.json").exists() else {}
     champion = metrics.get("champion")
@@ -78,14 +84,30 @@ def _verdict(promoted: bool) -> str:
     return "PROMOTED to champion" if promoted else "NOT promoted (champion unchanged)"
 
 
-def decision_markdown(model_name: str, version: str, decision: dict) -> str:
-    """The report's promotion section, from a decision record (`Decision.to_dict()` or decision.json)."""
+def decision_markdown(model_name: str, version: str, decision: dict, comparisons: dict | None = None) -> str:
+    """The report's verdict, from a decision record (`Decision.to_dict()` or decision.json): who won, against
+    what, under which policy, each check with its numbers, and every significant drop vs base and champion."""
     against = decision.get("compared_with")
-    lines = [f"**{model_name} version {version}: {_verdict(decision['promote'])}**"
+    forced = " (forced by a person; see the reason on the version)" if decision.get("forced") else ""
+    lines = [f"**{model_name} version {version}: {_verdict(decision['promote'])}**{forced}"
              + (f" — judged against the {against}" + (" model (no champion yet: champion zero)" if against == "base" else "")
                 if against else ""), ""]
-    lines += [f"- {'✅' if c['passed'] else '❌'} **{c['name']}**: {c['detail']}" for c in decision["checks"]]
-    lines += [f"- {reason}" for reason in decision["reasons"]]
+    if gate := decision.get("policy"):  # decision.json records the policy it was decided under
+        guards = ", ".join(gate["guards"]) if gate.get("guards") is not None else "every paired headline metric"
+        lines += [f"Gate policy: primary `{gate['primary_metric']}` must rise by more than {gate['min_improvement']:g} "
+                  f"and significantly (p < {gate['alpha']:g}); guards ({guards}) may not drop by more than "
+                  f"{gate['max_regression']:g}"
+                  + (f"; {gate['retention_metric']} ≤ {gate['max_retention']:g}" if gate.get("max_retention") is not None else "")
+                  + ".", ""]
+    lines += [f"- {'✔ pass' if c['passed'] else '✘ FAIL'} · **{c['name']}**: {c['detail']}" for c in decision["checks"]]
+    details = {c["detail"] for c in decision["checks"]}
+    lines += [f"- {reason}" for reason in decision["reasons"] if reason not in details]
+    for target, record in (comparisons or {}).get("against", {}).items():
+        drops = [f"`{key}` {c['delta']:+.3f} (p={c['p_value']:.2g})" for key, c in sorted(record["paired"].items())
+                 if not key.startswith("_") and c["delta"] < 0 and c["p_value"] < 0.05
+                 and not key.startswith("retention/")]
+        name = f"champion (version {record['version']})" if target == "champion" else "base"
+        lines.append(f"- Significant drops vs {name}: " + (", ".join(drops) if drops else "none (p < 0.05)"))
     return "\n".join(lines)
 
 
@@ -105,7 +127,7 @@ def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None)
         raise LatheError(f"no evaluation results in {root / 'evaluate'} (<label>/results.json): nothing has been "
                          "evaluated yet. Run `lathe evaluate` (or `dvc repro evaluate`) first")
     order = [label for label in REPORT_ORDER if label in results] + sorted(set(results) - set(REPORT_ORDER))
-    sections = {"Promotion": decision_md} if decision_md else {}
+    sections = {}
     comparisons, paired = root / "evaluate" / "comparisons.json", {}
     if comparisons.exists():
         record = json.loads(comparisons.read_text())
@@ -113,7 +135,7 @@ def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None)
         if order[0] == "base" and "base" in record.get("against", {}):  # the Δ columns are vs the first label
             paired = {"tuned": record["against"]["base"]["paired"]}
     sections[RETENTION] = retention_markdown(results)
-    return write_report({label: results[label] for label in order}, out, paired=paired,
+    return write_report({label: results[label] for label in order}, out, paired=paired, verdict=decision_md,
                         title=f"Lathe report — recipe '{recipe.name}'",
                         extra_sections={**sections, TRAINING: training_curves(root)})
 
@@ -125,7 +147,7 @@ def report(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
     decision_md = None
     if decision_path.exists():
         record = json.loads(decision_path.read_text())
-        decision_md = decision_markdown(record["name"], record["candidate"], record)
+        decision_md = decision_markdown(record["name"], record["candidate"], record, _comparisons(root))
     md, html = final_report(recipe, root, out, decision_md)
     print(f"report: {html} (and {md})" + ("" if decision_md else "; no promotion decision yet"))
     return 0

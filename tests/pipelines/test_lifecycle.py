@@ -106,4 +106,7 @@ def test_the_gate_decides_on_the_users_own_suite(project, tiny_model_dir, capsys
     assert paired["n"] == 3 and paired["delta"] == 0.0 and paired["primary"]
     decision = json.loads((project / "artifacts/promote/decision.json").read_text())
     assert not decision["promote"] and "NOT promoted" in out and "tickets/regex" in out
-    assert "tickets/regex" in (project / "artifacts/promote/report.md").read_text()
+    report = (project / "artifacts/promote/report.md").read_text()
+    verdict = report[report.index("## Verdict"):report.index("## Models")]  # first, before any table
+    assert "NOT promoted" in verdict and "Gate policy: primary `tickets/regex`" in verdict
+    assert "✘ FAIL · **primary**: tickets/regex" in verdict and "Significant drops vs base: none" in verdict
