@@ -25,16 +25,17 @@ SMALL_SAMPLE = 100
 
 def write_report(results_by_label: dict[str, dict], out_dir: str | Path, *, title: str = "Lathe evaluation report",
                  extra_sections: dict[str, str] | None = None, paired: dict[str, dict] | None = None,
-                 verdict: str | None = None) -> tuple[Path, Path]:
+                 verdict: str | None = None, curves: dict[str, list[dict]] | None = None) -> tuple[Path, Path]:
     """Write `report.md` and `report.html` into `out_dir`; returns both paths. `paired`: per label, the
     paired comparisons (eval/compare.py) of that label against the first one, `{"suite/metric": {...}}`.
-    `verdict` (Markdown): the promotion decision, shown first, in a box."""
+    `verdict` (Markdown): the promotion decision, shown first, in a box. `curves`: per training stage, its
+    logged rows (`step`, `loss`, `eval_loss`), drawn as loss curves in the HTML."""
     if not results_by_label:
         raise ValueError("write_report needs at least one results dict")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(results_by_label, paired or {})
-    model["verdict"] = verdict
+    model["verdict"], model["curves"] = verdict, curves or {}
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     md_path.write_text(render_markdown(model, title, extra_sections or {}), encoding="utf-8")
     html_path.write_text(render_html(model, title, extra_sections or {}), encoding="utf-8")
@@ -212,6 +213,7 @@ def _breakdowns(labels, suites, entry) -> list[dict]:
 
 def _with_text(cell: dict) -> dict:
     bounds, n = interval(cell), cell.get("n")
+    cell["ci"] = bounds
     cell["text"] = (f"{cell['value']:.3f}" + (f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else "")
                     + (f" n={n}" if n else ""))
     return cell

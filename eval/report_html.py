@@ -25,6 +25,7 @@ details{margin:.3rem 0 .6rem}summary{cursor:pointer}
 .ok{color:#1a7f37}.bad{color:#cf222e}code{background:#f6f8fa;padding:0 .2rem}
 .verdict{border:2px solid #2f6fbd;border-radius:6px;padding:.2rem 1rem .6rem;background:#f5f9ff}
 .verdict h2{margin-top:.6rem;border:none}
+.tick{fill:#656d76}
 """
 
 
@@ -87,6 +88,9 @@ def render_html(model: dict, title: str, extra: dict[str, str]) -> str:
                          f"response <code>{escape(str(item['response']))}</code>{extracted}</summary>"
                          f"<pre>{escape(item['prompt'])}</pre></details>")
 
+    if any(model.get("curves", {}).values()):
+        parts.append("<h2>Loss curves</h2>")
+        parts += [_loss_chart(stage, rows) for stage, rows in model["curves"].items() if rows]
     for heading, body in extra.items():
         parts.append(f"<h2>{escape(heading)}</h2>{_markdown(body)}")
     parts.append("</body></html>")
@@ -125,30 +129,85 @@ def _swatch(i: int) -> str:
 
 
 def _bar_chart(rows: list[dict], labels: list[str]) -> str:
-    """Horizontal bars of each suite's primary metric per label, with stderr whiskers."""
-    bar_h, gap, left, width = 14, 10, 190, 420
-    height = sum(len(labels) * bar_h + gap for _ in rows) + 10
-    out = [f"<svg width='{left + width + 120}' height='{height}' "
-           "role='img' aria-label='primary metric per suite and model' style='font-size:11px'>"]
-    y = 5
-    for row in rows:
-        out.append(f"<text x='0' y='{y + len(labels) * bar_h / 2 + 4}'>{escape(row['suite'])} · "
-                   f"{escape(row['metric'])}</text>")
-        for i, cell in enumerate(row["cells"]):
-            if cell is not None:
-                w = max(0.0, min(1.0, cell["value"])) * width
-                out.append(f"<rect x='{left}' y='{y}' width='{w:.1f}' height='{bar_h - 2}' "
-                           f"fill='{PALETTE[i % len(PALETTE)]}'><title>{escape(labels[i])}: {cell['value']:.3f}</title></rect>")
-                if cell.get("stderr"):
-                    lo = max(0.0, cell["value"] - cell["stderr"]) * width + left
-                    hi = min(1.0, cell["value"] + cell["stderr"]) * width + left
-                    mid = y + (bar_h - 2) / 2
-                    out.append(f"<line x1='{lo:.1f}' x2='{hi:.1f}' y1='{mid}' y2='{mid}' stroke='#1f2328' stroke-width='1'/>")
-                out.append(f"<text x='{left + width + 6}' y='{y + bar_h - 4}'>{escape(labels[i])} {cell['value']:.3f}</text>")
-            y += bar_h
-        out.append(f"<line x1='{left}' x2='{left}' y1='{y - len(labels) * bar_h}' y2='{y}' stroke='#656d76'/>")
-        y += gap
-    out.append("</svg>")
+    """One small chart per suite: its primary metric per model on an axis from 0 (to 1 for fractions), with
+    ticks, the 95% interval as a whisker, and a mark at the value so a zero is visible."""
+    return "".join(_suite_chart(row, labels) for row in rows)
+
+
+def _suite_chart(row: dict, labels: list[str]) -> str:
+    bar_h, left, width, top = 16, 90, 360, 18
+    cells = [c for c in row["cells"] if c is not None]
+    high = max([1.0] + [c["value"] for c in cells] + [c["ci"][1] for c in cells if c.get("ci")])
+    top_tick = 1.0 if high <= 1.0 else float(int(high) + 1)
+    x = lambda v: left + max(0.0, min(top_tick, v)) / top_tick * width  # noqa: E731
+    height = top + len(labels) * bar_h + 26
+    name = f"{row['suite']} · {row['metric']}"
+    out = [f"<figure style='display:inline-block;margin:.3rem 1.2rem .3rem 0'><svg width='{left + width + 70}' "
+           f"height='{height}' role='img' aria-label='{escape(name)}' style='font-size:11px'>",
+           f"<text x='0' y='12' font-weight='600'>{escape(name)}</text>"]
+    axis_y = top + len(labels) * bar_h + 2
+    for i in range(5):
+        value = top_tick * i / 4
+        tx = x(value)
+        out.append(f"<line x1='{tx:.1f}' x2='{tx:.1f}' y1='{top}' y2='{axis_y + 4}' stroke='#d0d7de'/>"
+                   f"<text x='{tx:.1f}' y='{axis_y + 15}' text-anchor='middle' class='tick'>{value:g}</text>")
+    out.append(f"<line x1='{left}' x2='{left + width}' y1='{axis_y}' y2='{axis_y}' stroke='#656d76'/>")
+    for i, cell in enumerate(row["cells"]):
+        y = top + i * bar_h
+        out.append(f"<text x='{left - 6}' y='{y + bar_h - 5}' text-anchor='end'>{escape(labels[i])}</text>")
+        if cell is None:
+            out.append(f"<text x='{left + 4}' y='{y + bar_h - 5}' class='muted'>not run</text>")
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        out.append(f"<rect x='{left}' y='{y + 2}' width='{x(cell['value']) - left:.1f}' height='{bar_h - 5}' "
+                   f"fill='{color}' opacity='.85'><title>{escape(labels[i])}: {escape(cell['text'])}</title></rect>"
+                   f"<rect x='{x(cell['value']) - 1:.1f}' y='{y + 1}' width='2' height='{bar_h - 3}' fill='#1f2328'/>")
+        if cell.get("ci"):
+            lo, hi, mid = x(cell["ci"][0]), x(cell["ci"][1]), y + bar_h / 2
+            out.append(f"<line x1='{lo:.1f}' x2='{hi:.1f}' y1='{mid}' y2='{mid}' stroke='#1f2328'/>"
+                       f"<line x1='{lo:.1f}' x2='{lo:.1f}' y1='{mid - 3}' y2='{mid + 3}' stroke='#1f2328'/>"
+                       f"<line x1='{hi:.1f}' x2='{hi:.1f}' y1='{mid - 3}' y2='{mid + 3}' stroke='#1f2328'/>")
+        out.append(f"<text x='{left + width + 6}' y='{y + bar_h - 5}'>{cell['value']:.3f}</text>")
+    n = cells[0].get("n") if cells else None
+    out.append(f"</svg><figcaption class='muted' style='font-size:.75rem'>bars: value · whiskers: 95% interval"
+               f"{f' · n={n}' if n else ''}</figcaption></figure>")
+    return "".join(out)
+
+
+def _loss_chart(stage: str, rows: list[dict]) -> str:
+    """Training loss (line) and validation loss (dashed, dots) against the step, on labelled axes."""
+    series = {key: [(r["step"], r[key]) for r in rows if key in r and r.get("step") is not None]
+              for key in ("loss", "eval_loss")}
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return ""
+    left, top, width, height = 50, 20, 360, 140
+    steps, losses = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
+    y0, y1 = min(losses), max(losses) if max(losses) > min(losses) else min(losses) + 1
+    x = lambda v: left + (v - x0) / (x1 - x0) * width  # noqa: E731
+    y = lambda v: top + height - (v - y0) / (y1 - y0) * height  # noqa: E731
+    out = [f"<figure style='display:inline-block;margin:.3rem 1.2rem .3rem 0'><svg width='{left + width + 20}' "
+           f"height='{top + height + 34}' role='img' aria-label='{escape(stage)} loss' style='font-size:11px'>",
+           f"<text x='0' y='12' font-weight='600'>{escape(stage)}</text>",
+           f"<line x1='{left}' x2='{left}' y1='{top}' y2='{top + height}' stroke='#656d76'/>",
+           f"<line x1='{left}' x2='{left + width}' y1='{top + height}' y2='{top + height}' stroke='#656d76'/>"]
+    for value in (y0, (y0 + y1) / 2, y1):
+        out.append(f"<text x='{left - 4}' y='{y(value) + 4:.1f}' text-anchor='end' class='tick'>{value:.3g}</text>")
+    for value in (x0, (x0 + x1) / 2, x1):
+        out.append(f"<text x='{x(value):.1f}' y='{top + height + 14}' text-anchor='middle' class='tick'>{value:g}</text>")
+    out.append(f"<text x='{left + width / 2}' y='{top + height + 28}' text-anchor='middle' class='tick'>step</text>")
+    styles = {"loss": ("#2f6fbd", ""), "eval_loss": ("#c77d1a", " stroke-dasharray='4 3'")}
+    for key, pts in series.items():
+        if not pts:
+            continue
+        color, dash = styles[key]
+        path = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in pts)
+        out.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='1.5'{dash}/>")
+        out += [f"<circle cx='{x(a):.1f}' cy='{y(b):.1f}' r='2' fill='{color}'><title>{key} {b:.4f} at step {a}</title></circle>"
+                for a, b in pts]
+    out.append("</svg><figcaption class='muted' style='font-size:.75rem'><span style='color:#2f6fbd'>— training loss</span> "
+               "· <span style='color:#c77d1a'>- - validation loss</span></figcaption></figure>")
     return "".join(out)
 
 

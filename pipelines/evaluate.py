@@ -57,15 +57,19 @@ def current_champion(recipe: Recipe) -> tuple[str, Path] | None:
     return str(info.version), models.resolve(f"models:/{recipe.registry.model_name}/{info.version}")
 
 
+def training_history(root: Path) -> dict[str, list[dict]]:
+    """Each training stage's logged rows (step, loss, eval_loss, …) from its log_history.json."""
+    return {stage: json.loads((root / stage / "log_history.json").read_text()) for stage in TRAINING_STAGES
+            if (root / stage / "log_history.json").exists()}
+
+
 def training_curves(root: Path) -> str:
     """A Markdown table with each training stage's logged training and validation loss."""
     lines = ["| stage | step | loss | validation loss |", "|---|---|---|---|"]
-    for stage in TRAINING_STAGES:
-        path = root / stage / "log_history.json"
-        if path.exists():
-            for row in json.loads(path.read_text()):
-                cells = [f"{row[k]:.4f}" if k in row else "" for k in ("loss", "eval_loss")]
-                lines.append(f"| {stage} | {row.get('step')} | {cells[0]} | {cells[1]} |")
+    for stage, rows in training_history(root).items():
+        for row in rows:
+            cells = [f"{row[k]:.4f}" if k in row else "" for k in ("loss", "eval_loss")]
+            lines.append(f"| {stage} | {row.get('step')} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -105,7 +109,7 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     comparisons = paired_comparisons(results, out, recipe, champion)
     (out / "comparisons.json").write_text(json.dumps(comparisons, indent=1, sort_keys=True) + "\n")
     md, html = write_report(results, out, title=f"Lathe evaluation report — recipe '{recipe.name}'",
-                            paired={"tuned": comparisons["against"]["base"]["paired"]},
+                            paired={"tuned": comparisons["against"]["base"]["paired"]}, curves=training_history(root),
                             extra_sections={COMPARISONS: comparisons_markdown(comparisons),
                                             RETENTION: retention_markdown(results),
                                             TRAINING: training_curves(root)})

@@ -120,7 +120,7 @@ def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None)
     from eval.report import write_report
 
     from pipelines.evaluate import (COMPARISONS, RETENTION, TRAINING, comparisons_markdown, retention_markdown,
-                                    training_curves)
+                                    training_curves, training_history)
 
     results = {p.parent.name: json.loads(p.read_text()) for p in sorted((root / "evaluate").glob("*/results.json"))}
     if not results:
@@ -136,6 +136,7 @@ def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None)
             paired = {"tuned": record["against"]["base"]["paired"]}
     sections[RETENTION] = retention_markdown(results)
     return write_report({label: results[label] for label in order}, out, paired=paired, verdict=decision_md,
+                        curves=training_history(root),
                         title=f"Lathe report — recipe '{recipe.name}'",
                         extra_sections={**sections, TRAINING: training_curves(root)})
 

@@ -73,3 +73,34 @@ def test_small_samples_show_their_intervals_and_only_significant_paired_deltas_a
     paired["tuned"]["mine/exact_match"]["p_value"] = 0.01
     _, html_path = write_report({"base": results(0.2), "tuned": results(0.4)}, tmp_path / "sig", paired=paired)
     assert "class='num pos'>+0.200" in html_path.read_text()
+
+
+def test_one_chart_per_suite_with_an_axis_ticks_and_a_visible_zero(tmp_path):
+    def results(value: float) -> dict:
+        entry = lambda v: {"status": "ok", "primary": "acc", "metrics": {"acc": v},  # noqa: E731
+                           "settings": {"n_samples": {"scored": 50, "available": 50}, "data_files": {}}}
+        return {"suites": {"alpha": entry(value), "beta": entry(0.0)}}
+
+    _, html_path = write_report({"base": results(0.5), "tuned": results(0.75)}, tmp_path)
+    html = html_path.read_text()
+    for suite in ("alpha", "beta"):
+        chart = html[html.index(f"aria-label='{suite} · acc'"):]
+        chart = chart[:chart.index("</svg>")]
+        for tick in ("0", "0.25", "0.5", "0.75", "1"):
+            assert f"class='tick'>{tick}</text>" in chart
+        assert chart.count("width='2'") == 2  # a value mark per model: a score of 0 is still drawn
+        assert chart.count("stroke='#1f2328'") == 6  # a 95% whisker (line and two caps) per model
+
+
+def test_loss_curves_are_drawn_per_training_stage(tmp_path):
+    results = {"suites": {"alpha": {"status": "ok", "primary": "acc", "metrics": {"acc": 0.5},
+                                    "settings": {"n_samples": {"scored": 200}, "data_files": {}}}}}
+    curves = {"sft": [{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5, "eval_loss": 1.8}, {"step": 10, "eval_loss": 1.7}],
+              "preference": []}
+    _, html_path = write_report({"base": results}, tmp_path, curves=curves)
+    html = html_path.read_text()
+    chart = html[html.index("aria-label='sft loss'"):]
+    chart = chart[:chart.index("</svg>")]
+    assert chart.count("<polyline") == 2  # training and validation
+    assert "loss 1.5000 at step 10" in chart and "eval_loss 1.7000 at step 10" in chart
+    assert "aria-label='preference loss'" not in html  # a stage with nothing logged draws nothing
