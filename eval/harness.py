@@ -273,6 +273,12 @@ class _Run:
             self.cache.put(self.model.identity, "tools", key, entry, samples_path)
         return entry
 
+    def _token_counter(self):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(self.model.tokenizer_dir))
+        return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+
     def _request(self, suite: SuiteConfig, prepared: catalog.PreparedSuite) -> dict:
         """Every input that changes the suite's scores: the settings recorded and the cache key."""
         task_files = sorted(p for p in catalog.TASKS_DIR.iterdir() if p.suffix in (".yaml", ".py"))
@@ -331,6 +337,9 @@ class _Run:
                           "available": sum(v["original"] for v in raw["n-samples"].values())},
             "max_length": raw.get("max_length"),
         }
+        max_tokens = (entry["settings"]["gen_kwargs"] or {}).get("max_gen_toks")
+        if rows and "response" in rows[0] and "choices" not in rows[0]:  # generation suites: why answers fail
+            entry["generation"] = records.generation_failures(rows, max_tokens, self._token_counter())
         entry.update(examples=records.examples(rows), samples_file=str(samples_path.relative_to(self.out_dir)),
                      duration_s=round(duration, 1), cache="miss")
         raw_path = self.out_dir / "lm_eval" / f"{suite.name}.json"

@@ -104,6 +104,14 @@ def _choice_fields(sample: dict, args: list, primary: str, delimiter: str) -> di
             "response": choices[scores.index(max(scores))]}
 
 
+def generation_failures(rows: list[dict], max_tokens: int | None, count_tokens) -> dict:
+    """How many answers explain a low score by their shape: empty (stopped at once) and cut at
+    `max_gen_toks` (e.g. a code answer stopped before it began)."""
+    empty = sum(1 for r in rows if not str(r["response"]).strip())
+    cut = sum(1 for r in rows if max_tokens and str(r["response"]).strip() and count_tokens(str(r["response"])) >= max_tokens)
+    return {"n": len(rows), "empty": empty, "hit_max_tokens": cut, "max_gen_toks": max_tokens}
+
+
 def attach_verdicts(rows: list[dict], verdicts_file: Path) -> None:
     """Put each judge prompt and raw reply (eval/judge.py) beside the answer it grades."""
     by_line = {}

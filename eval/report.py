@@ -137,14 +137,28 @@ def _add_deltas(rows: list[dict], paired: list[dict] | None = None) -> None:
             row["deltas"].append(delta)
 
 
+def _failure_notes(suite: str, labels, entry) -> list[str]:
+    """Generation failures that explain a score, per model: empty answers and answers cut at max_gen_toks."""
+    notes = []
+    for label in labels:
+        g = entry(label, suite).get("generation") if entry(label, suite).get("status") == "ok" else None
+        if g and (g["empty"] or g["hit_max_tokens"]) and (g["empty"] + g["hit_max_tokens"]) * 10 >= g["n"]:
+            notes.append(f"{suite} ({label}): {g['empty']} of {g['n']} answers empty, {g['hit_max_tokens']} cut at "
+                         f"max_gen_toks={g['max_gen_toks']}: the score may say more about the generation settings "
+                         "than the model (see the samples).")
+    return notes
+
+
 def _sample_warnings(labels, suites, entry, summary) -> list[str]:
-    """One line per suite scored on a limited or small sample: n, the limit, and its interval's width."""
+    """One line per suite scored on a limited or small sample (n, the limit, its interval's width), and one
+    per model whose answers failed in shape (at least 10% empty or cut at max_gen_toks)."""
     out = []
     for suite in suites:
         entries = [entry(lb, suite) for lb in labels if entry(lb, suite).get("status") == "ok"]
         cells = [r["cells"] for r in summary if r["suite"] == suite and r["primary"]]
         if not entries or not cells:
             continue
+        out += _failure_notes(suite, labels, entry)
         n, limit = scored(entries[0]), entries[0].get("settings", {}).get("limit")
         available = (entries[0].get("settings", {}).get("n_samples") or {}).get("available")
         if n is None or (limit is None and n >= SMALL_SAMPLE):

@@ -86,6 +86,11 @@ def test_exact_match_normalises_case_punctuation_and_whitespace_as_documented(ju
     assert [r["metrics"]["exact_match"] for r in rows] == expected
     assert 0 < sum(expected) < len(expected)
     assert entry["metrics"]["exact_match"] == pytest.approx(sum(expected) / len(expected))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(results["model_dir"])
+    cut = sum(len(tok(a, add_special_tokens=False).input_ids) >= 8 for a in answers)
+    assert entry["generation"] == {"n": 5, "empty": 0, "hit_max_tokens": cut, "max_gen_toks": 8}
     by_topic = entry["breakdown"]["topic"]
     assert by_topic["even"] == {"exact_match": pytest.approx(sum(expected[0::2]) / 3), "n": 3}
     flat = flat_metrics(results)

@@ -70,6 +70,13 @@ def test_small_samples_show_their_intervals_and_only_significant_paired_deltas_a
     assert "class='num muted'>+0.200" in html and "class='num pos'" not in html  # not significant: not green
     assert "class='warn'>⚠ mine: scored on 10 items" in html
 
+    assert "answers empty" not in md  # no generation record: nothing claimed
+
+    tuned = results(0.4)
+    tuned["suites"]["mine"]["generation"] = {"n": 10, "empty": 3, "hit_max_tokens": 2, "max_gen_toks": 8}
+    md = write_report({"base": results(0.2), "tuned": tuned}, tmp_path / "failures")[0].read_text()
+    assert "mine (tuned): 3 of 10 answers empty, 2 cut at max_gen_toks=8" in md
+
     paired["tuned"]["mine/exact_match"]["p_value"] = 0.01
     _, html_path = write_report({"base": results(0.2), "tuned": results(0.4)}, tmp_path / "sig", paired=paired)
     assert "class='num pos'>+0.200" in html_path.read_text()
