@@ -123,7 +123,9 @@ def run_evaluate(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
                    settings=cfg.model_dump(), outputs={"report_md": str(md), "report_html": str(html),
                                                        "metrics": str(out / "metrics.json"),
                                                        "comparisons": str(out / "comparisons.json")}, metrics=metrics)
-    return {"report_md": md, "report_html": html, "metrics": metrics}
+    return {"report_md": md, "report_html": html, "metrics": metrics,
+            "judged": {label: flat_metrics(r) for label, r in results.items()},
+            "hashes": {label: r.get("model_hash") for label, r in results.items()}}
 
 
 def opponents(cfg, label: str, baseline: str, results: dict, out: Path) -> dict:
@@ -259,6 +261,7 @@ def main(recipe: Recipe, args) -> int:
     with tracking.stage_run("evaluate", params=recipe.eval.model_dump(mode="json"), experiment=recipe.registry.experiment):
         done = run_evaluate(recipe)
         tracking.log_metrics_flat(done["metrics"]["tuned"], prefix="eval.")
+        tracking.log_judged_models(done["judged"], done["hashes"])
         tracking.log_artifacts([done["report_md"], done["report_html"]], "report")
     print(f"evaluate: report {done['report_html']} (and {done['report_md']})")
     for key, value in sorted(done["metrics"]["tuned"].items()):

@@ -48,8 +48,9 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
                                      champion_metrics=_rejudged_champion(root), judged=_judged(root, version))
         verdict = _verdict(decision.promote)
         record = json.loads((out / "decision.json").read_text())
-        md, html = final_report(recipe, root, out, decision_markdown(recipe.registry.model_name, version, record,
-                                                                     _comparisons(root)))
+        verdict_md = decision_markdown(recipe.registry.model_name, version, record, _comparisons(root))
+        md, html = final_report(recipe, root, out, verdict_md)
+        tracking.describe_pipeline(verdict_md, _headline(root, recipe.gate.primary_metric, decision.promote))
         tracking.log_artifacts([md, html], "report")
     print(f"promote: {recipe.registry.model_name} version {version}: {verdict}")
     for check in decision.checks:
@@ -67,6 +68,18 @@ def _judged(root: Path, version: str) -> dict | None:
     if str(json.loads(registered.read_text())["version"]) != str(version):
         return None
     return json.loads(comparisons.read_text())["against"]
+
+
+def _headline(root: Path, primary: str, promoted: bool) -> dict:
+    """The parent run's metrics: the decision and every judged model's primary metric (`tuned.<metric>`)."""
+    metrics = json.loads((root / "evaluate" / "metrics.json").read_text()) if (root / "evaluate" / "metrics.json").exists() else {}
+    out = {"promoted": float(promoted)}
+    for label in ("base", "tuned"):
+        if primary in metrics.get(label, {}):
+            out[f"{label}.{primary}"] = metrics[label][primary]
+    if primary in metrics.get("champion", {}).get("metrics", {}):
+        out[f"champion.{primary}"] = metrics["champion"]["metrics"][primary]
+    return out
 
 
 def _comparisons(root: Path) -> dict | None:

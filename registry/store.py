@@ -112,6 +112,9 @@ def client(*, must_exist: bool = True):
     return MlflowClient(tracking_uri=cfg.uri, registry_uri=cfg.uri)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI to pick the experiment page's layout
+
+
 def ensure_experiment(name: str | None = None) -> str:
     """Id of the experiment `name` (default: $MLFLOW_EXPERIMENT_NAME or `lathe`), created with its
     artifacts in the store's `mlartifacts/` folder if it does not exist yet."""
@@ -123,8 +126,9 @@ def ensure_experiment(name: str | None = None) -> str:
     if found is not None:
         return found.experiment_id
     root = current().artifact_root
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=root.as_uri() if root else None)
+    try:  # the classic training view (runs, metrics, models), not MLflow 3's GenAI view of traces
+        return mlflow_client.create_experiment(name, artifact_location=root.as_uri() if root else None,
+                                               tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     except MlflowException as exc:  # another process created it between our get and create
         found = mlflow_client.get_experiment_by_name(name)
         if found is None:

@@ -35,7 +35,7 @@ from recipes.errors import LatheError
 from registry.store import configure, current, ensure_experiment, store_lock, client
 
 __all__ = ["configure", "pipeline_run", "stage_run", "log_params_flat", "log_metrics_flat", "log_artifacts",
-           "runtime_tags", "pipeline_id"]
+           "log_judged_models", "describe_pipeline", "runtime_tags", "pipeline_id"]
 
 PIPELINE_ID_ENV = "LATHE_PIPELINE_ID"
 PIPELINE_ID_TAG = "lathe.pipeline_id"
@@ -219,6 +219,32 @@ def log_artifacts(paths: list[str | Path], artifact_path: str | None = None, *, 
             mlflow_client.log_artifacts(run_id, str(path), "/".join(p for p in (artifact_path, path.name) if p))
         else:
             mlflow_client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_judged_models(metrics_by_label: Mapping[str, Mapping[str, float]], hashes: Mapping[str, str | None]) -> None:
+    """One run per judged model (base, sft, tuned, champion) nested under the active stage run, each with the
+    same metric names, so MLflow's run comparison view shows the models side by side."""
+    import mlflow
+
+    for label, metrics in metrics_by_label.items():
+        tags = {ROLE_TAG: "judged", "lathe.model_label": label, "lathe.model_hash": hashes.get(label) or ""}
+        with mlflow.start_run(run_name=f"judged: {label}", nested=True, tags=tags) as run:
+            log_metrics_flat(metrics, run_id=run.info.run_id)
+
+
+def describe_pipeline(text: str, metrics: Mapping[str, Any] | None = None) -> str | None:
+    """Put `text` (Markdown: the verdict) on the pipeline's parent run as its description, with headline
+    metrics; returns the parent's id (None outside a stage run)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    parent = active.data.tags.get("mlflow.parentRunId") if active else None
+    if parent is None:
+        return None
+    client(must_exist=False).set_tag(parent, "mlflow.note.content", text)
+    if metrics:
+        log_metrics_flat(metrics, run_id=parent)
+    return parent
 
 
 def _run_id(run_id: str | None, what: str) -> str:

@@ -110,3 +110,9 @@ def test_the_gate_decides_on_the_users_own_suite(project, tiny_model_dir, capsys
     verdict = report[report.index("## Verdict"):report.index("## Models")]  # first, before any table
     assert "NOT promoted" in verdict and "Gate policy: primary `tickets/regex`" in verdict
     assert "✘ FAIL · **primary**: tickets/regex" in verdict and "Significant drops vs base: none" in verdict
+    import mlflow
+
+    parent = mlflow.search_runs(experiment_names=["lathe"], filter_string="tags.`lathe.role` = 'pipeline'",
+                                output_format="list")[0]
+    assert "NOT promoted" in parent.data.tags["mlflow.note.content"]  # MLflow's run page opens on the verdict
+    assert parent.data.metrics["promoted"] == 0.0 and parent.data.metrics["tuned.tickets/regex"] == pytest.approx(2 / 3)

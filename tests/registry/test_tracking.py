@@ -147,3 +147,24 @@ def test_log_metrics_flat_and_artifacts(store_uri, tmp_path):
     assert mlflow.get_run(run.info.run_id).data.metrics == logged
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
     assert files == {"report/report.md", "report/plots"}
+
+
+def test_judged_models_compare_side_by_side_and_the_parent_carries_the_verdict(store_uri):
+    import mlflow
+
+    with tracking.pipeline_run("exp", "pipeline") as parent:
+        with tracking.stage_run("evaluate") as stage:
+            tracking.log_judged_models({"base": {"skills/exact_match": 0.0}, "tuned": {"skills/exact_match": 0.75}},
+                                       {"base": "aaa", "tuned": "bbb"})
+            assert tracking.describe_pipeline("**promoted**", {"tuned.skills/exact_match": 0.75}) == parent.info.run_id
+    experiment = mlflow.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the classic training view
+    judged = mlflow.search_runs([parent.info.experiment_id], filter_string="tags.`lathe.role` = 'judged'",
+                                output_format="list")
+    by_label = {r.data.tags["lathe.model_label"]: r for r in judged}
+    assert {label: r.data.metrics for label, r in by_label.items()} == {
+        "base": {"skills/exact_match": 0.0}, "tuned": {"skills/exact_match": 0.75}}
+    assert all(r.data.tags["mlflow.parentRunId"] == stage.info.run_id for r in judged)
+    got = mlflow.get_run(parent.info.run_id)
+    assert got.data.tags["mlflow.note.content"] == "**promoted**"
+    assert got.data.metrics == {"tuned.skills/exact_match": 0.75}
