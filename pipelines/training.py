@@ -214,10 +214,13 @@ def stage_main(stage: str, run, recipe) -> int:
     if not launch.is_main_process():
         run(recipe)
         return 0
-    with tracking.stage_run(stage, params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
+    if not getattr(recipe, stage).enabled:  # a disabled stage hands its input on and records no MLflow run
         outputs = run(recipe)
-        if not outputs.get("skipped"):
-            log_stage_to_mlflow(stage, read_manifest(stage)["metrics"], Path("artifacts"))
+    else:
+        with tracking.stage_run(stage, params=recipe.model_dump(mode="json"), experiment=recipe.registry.experiment):
+            outputs = run(recipe)
+            if not outputs.get("skipped"):
+                log_stage_to_mlflow(stage, read_manifest(stage)["metrics"], Path("artifacts"))
     print(f"{stage}: model {outputs.get('model_dir')}, adapter {outputs.get('adapter_dir')}"
           + (f" (skipped: {stage}.enabled is false)" if outputs.get("skipped") else ""))
     return 0

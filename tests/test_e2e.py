@@ -176,6 +176,12 @@ def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
     sft = children["sft"].data.metrics
     assert sft["sft.train_tokens_per_second"] > 0 and "loss" in sft
     assert children["evaluate"].data.metrics["eval.skills/exact_match"] >= 0.4
+    assert "rl" not in children  # rl.enabled is false: a disabled stage records no run
+    judged = {r.data.tags["lathe.model_label"]: r.data.metrics for r in runs
+              if r.data.tags.get("mlflow.parentRunId") == children["evaluate"].info.run_id}
+    assert {"base", "sft", "tuned"} <= set(judged)  # one run per judged model, comparable side by side
+    assert judged["base"]["skills/exact_match"] < judged["tuned"]["skills/exact_match"]
+    assert "PROMOTED" in parents[0].data.tags["mlflow.note.content"]  # the parent run opens on the verdict
     version = client.get_model_version_by_alias("lathe-default", "champion")
     assert str(version.version) == "1" and "lathe.git_commit" in version.tags
 
