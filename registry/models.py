@@ -3,8 +3,8 @@ reference (`champion`, `models:/name@alias`, `models:/name/3`, a folder) to a lo
 
 A version's metrics are stored on the version: the gate needs them per version, and run metrics
 belong to runs. `lathe.metrics` holds them as JSON with their exact names and values (MLflow tag keys
-refuse characters such as `@` in `humaneval/pass@1`); `metric.<key>` tags repeat each one for the UI,
-with such characters replaced by `_`. Aliases, not
+refuse characters such as `@` in `humaneval/pass@1`); `metric.<key>` tags repeat each headline metric
+(not per-part breakdowns or standard errors) for the UI, with such characters replaced by `_`. Aliases, not
 stages: `candidate` (the latest registration) and `champion` (what serving uses; moved only by
 registry.promotion).
 """
@@ -111,10 +111,16 @@ def _create_version(client, name, model_dir, metrics, tags, run_id, card_text, f
         client.set_terminated(run_id)
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
     version_tags = {**{k: str(v) for k, v in tags.items()}, CONTENT_TAG: files, REGISTRATION_TAG: key,
-                    **{METRIC_PREFIX + _BAD_TAG_CHARS.sub("_", k): repr(v) for k, v in metrics.items()},
+                    **{METRIC_PREFIX + _BAD_TAG_CHARS.sub("_", k): repr(v) for k, v in metrics.items() if _headline(k)},
                     METRICS_TAG: json.dumps(metrics, sort_keys=True)}
     created = client.create_model_version(name, source, run_id=run_id, tags=version_tags, description=card_text)
     return created.version
+
+
+def _headline(metric: str) -> bool:
+    """`suite/metric` itself, not a breakdown part (`mmlu.anatomy/acc`) or a standard error: the version page
+    shows a handful of tags, and `lathe.metrics` keeps every metric."""
+    return "." not in metric.split("/")[0] and not metric.endswith("_stderr")
 
 
 def _ensure_registered_model(client, name: str) -> None:

@@ -10,7 +10,8 @@ from registry import models, tracking
 
 NAME = "lathe-test"
 # 0.30000000000000004 must survive the round trip; '@' and ',' are refused in MLflow tag keys
-METRICS = {"skills/exact_match": 0.625, "mmlu/acc": 0.1 + 0.2, "humaneval/pass@1": 0.125, "mmlu/acc,none": 0.5}
+METRICS = {"skills/exact_match": 0.625, "mmlu/acc": 0.1 + 0.2, "humaneval/pass@1": 0.125, "mmlu/acc,none": 0.5,
+           "mmlu.anatomy/acc": 0.25, "mmlu/acc_stderr": 0.05}
 
 
 def test_register_sets_candidate_and_stores_metrics_card_and_files(store_uri, tmp_path, model_dir_factory):
@@ -24,6 +25,7 @@ def test_register_sets_candidate_and_stores_metrics_card_and_files(store_uri, tm
 
     raw = mlflow.MlflowClient().get_model_version(NAME, "1").tags  # what the MLflow UI shows
     assert raw["metric.humaneval/pass_1"] == "0.125" and raw["metric.mmlu/acc"] == "0.30000000000000004"
+    assert not [k for k in raw if k.startswith("metric.") and ("_stderr" in k or "." in k[len("metric."):].split("/")[0])]
     assert info.tags["lathe.recipe"] == "default"
     assert info.tags[models.CONTENT_TAG] == models.content_hash(src)
     assert info.description == "# card\nhello"
