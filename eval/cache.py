@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 # Files in a model dir that do not change what the model computes.
-_NOT_MODEL_CONTENT = {"README.md", ".gitattributes", "manifest.json"}
+_NOT_MODEL_CONTENT = {"README.md", ".gitattributes", "manifest.json", "MODEL_CARD.md", "MLmodel"}  # never change a score
 
 
 def file_sha256(path: str | Path) -> str:
@@ -26,8 +26,8 @@ def file_sha256(path: str | Path) -> str:
 
 def model_hash(model_dir: str | Path) -> str:
     """sha256 over the names and contents of the model dir's top-level files: weights, config,
-    generation config, tokenizer and chat template (all of them change scores); README, manifest and
-    hidden files are left out."""
+    generation config, tokenizer and chat template (all of them change scores); README, manifest, the
+    registry's model card and MLmodel, and hidden files are left out."""
     model_dir = Path(model_dir)
     digest = hashlib.sha256()
     for path in sorted(model_dir.iterdir()):

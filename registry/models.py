@@ -107,6 +107,8 @@ def _create_version(client, name, model_dir, metrics, tags, run_id, card_text, f
     client.log_artifacts(run_id, str(model_dir), artifact_path)
     if card_text:
         client.log_text(run_id, card_text, f"{artifact_path}/MODEL_CARD.md")
+    with tempfile.TemporaryDirectory() as tmp:  # MLflow's pyfunc door: `mlflow models serve -m models:/…`
+        client.log_artifact(run_id, str(_mlmodel(Path(tmp), artifact_path, run_id)), artifact_path)
     if own_run is not None:
         client.set_terminated(run_id)
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
@@ -115,6 +117,23 @@ def _create_version(client, name, model_dir, metrics, tags, run_id, card_text, f
                     METRICS_TAG: json.dumps(metrics, sort_keys=True)}
     created = client.create_model_version(name, source, run_id=run_id, tags=version_tags, description=card_text)
     return created.version
+
+
+def _mlmodel(folder: Path, artifact_path: str, run_id: str) -> Path:
+    """An MLmodel whose pyfunc flavor loads the version's folder with serving/pyfunc.py (no copy, no pickle)."""
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    # No input schema (prompts, conversations or a DataFrame are all read); the one param it takes is declared,
+    # or MLflow would drop it silently.
+    signature = ModelSignature(params=ParamSchema([ParamSpec("max_new_tokens", "long", 128)]))
+    model = Model(artifact_path=artifact_path, run_id=run_id, signature=signature)
+    mlflow.pyfunc.add_to_model(model, loader_module="serving.pyfunc", data=".")
+    model.save(folder / "MLmodel")
+    return folder / "MLmodel"
 
 
 def _headline(metric: str) -> bool:
