@@ -107,9 +107,32 @@ def test_the_first_candidate_is_judged_against_its_base_with_powered_guards(proj
     assert "**Say hi.**" in report and "**What is the capital of France?**" in report  # side by side
 
 
+def _readme_env(project: Path) -> dict:
+    """The environment of a user who typed the README's commands: no venv on PATH, the project's `.venv`."""
+    venv = project / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.prefix), target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "VIRTUAL_ENV"))}
+    env.update(PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != BIN),
+               DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
+    return env
+
+
 def test_second_repro_reruns_nothing(project):
-    out = _run([str(BIN / "dvc"), "repro"], project)
-    assert "Running stage" not in out, out
+    """`.venv/bin/dvc repro` exactly as the README writes it: no activated venv, no `lathe` on PATH."""
+    done = subprocess.run([".venv/bin/dvc", "repro"], cwd=project, env=_readme_env(project), capture_output=True, text=True)
+    assert done.returncode == 0 and "Running stage" not in done.stdout, done.stdout + done.stderr
+
+
+def test_the_readmes_dvc_commands_run_as_written(project):
+    env = _readme_env(project)
+    for command in ([".venv/bin/dvc", "exp", "run", "--dry", "-S", "sft.learning_rate=5e-4"],
+                    [".venv/bin/dvc", "exp", "show", "--no-pager"], [".venv/bin/dvc", "metrics", "show"],
+                    [".venv/bin/dvc", "metrics", "diff"], [".venv/bin/dvc", "plots", "diff", "--json"]):
+        done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    shown = subprocess.run([".venv/bin/dvc", "metrics", "show", "--json"], cwd=project, env=env, capture_output=True, text=True)
+    assert "skills/exact_match" in shown.stdout
 
 
 def test_changing_an_sft_param_invalidates_only_sft_and_later(project):
