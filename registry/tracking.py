@@ -35,7 +35,7 @@ from recipes.errors import LatheError
 from registry.store import configure, current, ensure_experiment, store_lock, client
 
 __all__ = ["configure", "pipeline_run", "stage_run", "log_params_flat", "log_metrics_flat", "log_artifacts",
-           "log_judged_models", "describe_pipeline", "runtime_tags", "pipeline_id"]
+           "log_judged_models", "log_datasets", "describe_pipeline", "runtime_tags", "pipeline_id"]
 
 PIPELINE_ID_ENV = "LATHE_PIPELINE_ID"
 PIPELINE_ID_TAG = "lathe.pipeline_id"
@@ -230,6 +230,34 @@ def log_judged_models(metrics_by_label: Mapping[str, Mapping[str, float]], hashe
         tags = {ROLE_TAG: "judged", "lathe.model_label": label, "lathe.model_hash": hashes.get(label) or ""}
         with mlflow.start_run(run_name=f"judged: {label}", nested=True, tags=tags) as run:
             log_metrics_flat(metrics, run_id=run.info.run_id)
+
+
+DATASET_CONTEXT = {"sft_train": "training", "sft_val": "validation", "pref_train": "training",
+                   "pref_val": "validation", "skills_eval": "evaluation", "eval_split": "evaluation"}
+
+
+def log_datasets(outputs: Mapping[str, Mapping[str, Any]], run_ids: list[str]) -> int:
+    """The data stage's files (`artifacts/data/manifest.json` outputs: path, rows, sha256) as MLflow dataset
+    inputs of each run, with their role as the context; empty files are left out. Returns how many."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for name, context in DATASET_CONTEXT.items():
+        info = outputs.get(name)
+        if info and info.get("rows"):
+            with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(Path(info["path"]).resolve().as_uri())
+            dataset = MetaDataset(source, name=name, digest=str(info["sha256"])[:36])
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(),
+                                       [InputTag("mlflow.data.context", context), InputTag("lathe.rows", str(info["rows"]))]))
+    for run_id in run_ids:
+        client(must_exist=False).log_inputs(run_id, datasets=inputs)
+    return len(inputs)
 
 
 def describe_pipeline(text: str, metrics: Mapping[str, Any] | None = None) -> str | None:

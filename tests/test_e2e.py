@@ -205,6 +205,8 @@ def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
     assert {"base", "sft", "tuned"} <= set(judged)  # one run per judged model, comparable side by side
     assert judged["base"]["skills/exact_match"] < judged["tuned"]["skills/exact_match"]
     assert "PROMOTED" in parents[0].data.tags["mlflow.note.content"]  # the parent run opens on the verdict
+    datasets = {d.dataset.name for d in client.get_run(parents[0].info.run_id).inputs.dataset_inputs}
+    assert {"sft_train", "sft_val", "pref_train", "skills_eval"} <= datasets  # what the chain trained and was judged on
     version = client.get_model_version_by_alias("lathe-default", "champion")
     assert str(version.version) == "1" and "lathe.git_commit" in version.tags
 

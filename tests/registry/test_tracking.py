@@ -168,3 +168,20 @@ def test_judged_models_compare_side_by_side_and_the_parent_carries_the_verdict(s
     got = mlflow.get_run(parent.info.run_id)
     assert got.data.tags["mlflow.note.content"] == "**promoted**"
     assert got.data.metrics == {"tuned.skills/exact_match": 0.75}
+
+
+def test_the_data_files_are_the_runs_dataset_inputs(store_uri, tmp_path):
+    import mlflow
+
+    train = tmp_path / "sft_train.jsonl"
+    train.write_text('{"messages": []}\n')
+    outputs = {"sft_train": {"path": str(train), "rows": 1, "sha256": "ab" * 32},
+               "sft_val": {"path": str(tmp_path / "sft_val.jsonl"), "rows": 0, "sha256": "cd" * 32}}
+    with tracking.pipeline_run("exp", "pipeline") as parent:
+        with tracking.stage_run("sft") as stage:
+            assert tracking.log_datasets(outputs, [stage.info.run_id, parent.info.run_id]) == 1  # empty val left out
+    for run_id in (stage.info.run_id, parent.info.run_id):
+        (got,) = mlflow.get_run(run_id).inputs.dataset_inputs
+        assert got.dataset.name == "sft_train" and got.dataset.digest == ("ab" * 32)[:36]
+        assert str(train.resolve()) in got.dataset.source
+        assert {t.key: t.value for t in got.tags} == {"mlflow.data.context": "training", "lathe.rows": "1"}
