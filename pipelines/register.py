@@ -27,7 +27,7 @@ def run_register(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     tags = {"lathe.recipe": recipe.name, "lathe.base_model": recipe.model.id,
             "lathe.base_revision": str(recipe.model.revision), "lathe.base_hash": base["outputs"]["model_hash"],
             "lathe.data_hashes": json.dumps({k: v["sha256"] for k, v in data["outputs"].items()}, sort_keys=True),
-            **tracking.runtime_tags(Path.cwd())}
+            **tracking.lineage_tags(Path.cwd())}
     card_text = card.model_card(recipe.registry.model_name, recipe=recipe.model_dump(mode="json"), metrics=metrics,
                                 data_manifest=data)
     info = models.register(recipe.registry.model_name, Path(tuned["model_dir"]), metrics=metrics, tags=tags,

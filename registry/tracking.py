@@ -306,6 +306,24 @@ def runtime_tags(project_root: Path) -> dict[str, str]:
     return tags
 
 
+LINEAGE_TAGS = ("lathe.git_commit", "lathe.git_dirty", "lathe.dvc_lock_sha256", "mlflow.source.git.commit")
+
+
+def lineage_tags(project_root: Path) -> dict[str, str]:
+    """`runtime_tags`, with the lineage (git commit, dirty flag, dvc.lock hash) of the pipeline's parent run
+    when there is one: the state the chain started from. Recomputed mid-chain they would disagree with the
+    parent (the chain itself rewrites dvc.lock), and a version must name the same lineage as its run."""
+    import mlflow
+
+    tags = runtime_tags(project_root)
+    active = mlflow.active_run()
+    parent = active.data.tags.get("mlflow.parentRunId") if active else None
+    if parent:
+        recorded = client(must_exist=False).get_run(parent).data.tags
+        tags.update({key: recorded[key] for key in LINEAGE_TAGS if key in recorded})
+    return tags
+
+
 def _git(root: Path, *args: str) -> str:
     try:
         done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)

@@ -185,3 +185,18 @@ def test_the_data_files_are_the_runs_dataset_inputs(store_uri, tmp_path):
         assert got.dataset.name == "sft_train" and got.dataset.digest == ("ab" * 32)[:36]
         assert str(train.resolve()) in got.dataset.source
         assert {t.key: t.value for t in got.tags} == {"mlflow.data.context": "training", "lathe.rows": "1"}
+
+
+def test_a_version_names_the_same_lineage_as_its_pipeline_run(store_uri, tmp_path):
+    """The chain rewrites dvc.lock as it runs: lineage read mid-chain is the parent run's, not a fresh one."""
+    import mlflow
+
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    with tracking.pipeline_run("exp", "pipeline", tags=tracking.runtime_tags(tmp_path)) as parent:
+        (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {sft: {}}\n")  # a stage finished meanwhile
+        with tracking.stage_run("register"):
+            lineage = tracking.lineage_tags(tmp_path)
+    recorded = mlflow.get_run(parent.info.run_id).data.tags
+    for key in ("lathe.git_commit", "lathe.git_dirty", "lathe.dvc_lock_sha256"):
+        assert lineage[key] == recorded[key]
+    assert tracking.runtime_tags(tmp_path)["lathe.dvc_lock_sha256"] != lineage["lathe.dvc_lock_sha256"]
