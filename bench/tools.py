@@ -3,6 +3,7 @@ tuned by recipes/tools-135m.yaml, on BFCL items that training never saw.
 
     .venv/bin/python -m bench.tools                   # trains (the recipe's chain in a project copy), then asks
     .venv/bin/python -m bench.tools --tuned DIR       # ask an already tuned model directory
+    .venv/bin/python -m bench.tools --project DIR     # ask the models of a chain that already ran in DIR
     .venv/bin/python -m bench.tools --limit 40        # fewer items per BFCL set
 
 For each model a server is started and asked the held-out items of simple_python and of multiple
@@ -61,7 +62,8 @@ def ask(model_dir: Path, items: dict, work: Path, label: str) -> dict:
 
     from eval import tools
 
-    server = start_server(model_dir, work / f"server-{label}.log", max_batch_size=8)
+    # `lathe serve`'s own engine (recipes: serve.engine: transformers): the one with tools and constrained decoding.
+    server = start_server(model_dir, work / f"server-{label}.log", engine="transformers")
     client = openai.OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=300)
     scores: dict = {}
     shown: dict = {}
@@ -101,11 +103,13 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuned", help="an already tuned model directory (skips training)")
+    parser.add_argument("--project", help="a project copy where the recipe's chain already ran (skips training; "
+                                          "its tools suite scores and gate decision are reported too)")
     parser.add_argument("--base", help="the base model directory (default: the chain's, or artifacts/base/model)")
     parser.add_argument("--limit", type=int, default=60, help="held-out items per BFCL set (default 60, as the recipe's suite)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lathe-tools-"))
-    project = None if args.tuned else train(work)
+    project = Path(args.project) if args.project else None if args.tuned else train(work)
     art = (project or Path.cwd()) / "artifacts"
     tuned = Path(args.tuned) if args.tuned else Path(json.loads((art / "preference" / "manifest.json").read_text())["outputs"]["model_dir"])
     tuned = tuned if tuned.is_absolute() else (project or Path.cwd()) / tuned
