@@ -56,7 +56,7 @@ def train(work: Path) -> Path:
     return dest
 
 
-def ask(model_dir: Path, items: dict, work: Path, label: str) -> dict:
+def ask(model_dir: Path, items: dict, work: Path, label: str, modes: tuple[str, ...] = MODES) -> dict:
     """{(set, mode): {item id: 1.0 | 0.0}} from the served model, plus a few answers to look at."""
     import openai
 
@@ -69,7 +69,7 @@ def ask(model_dir: Path, items: dict, work: Path, label: str) -> dict:
     shown: dict = {}
     try:
         for subset, chosen in items.items():
-            for mode in MODES:
+            for mode in modes:
                 def one(item):
                     try:
                         reply = client.chat.completions.create(model="lathe", messages=item.messages, tools=item.tools,
@@ -107,6 +107,7 @@ def main() -> int:
                                           "its tools suite scores and gate decision are reported too)")
     parser.add_argument("--base", help="the base model directory (default: the chain's, or artifacts/base/model)")
     parser.add_argument("--limit", type=int, default=60, help="held-out items per BFCL set (default 60, as the recipe's suite)")
+    parser.add_argument("--modes", default=",".join(MODES), help="tool_choice modes to ask, comma-separated (default: auto,required)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lathe-tools-"))
     project = Path(args.project) if args.project else None if args.tuned else train(work)
@@ -115,7 +116,10 @@ def main() -> int:
     tuned = tuned if tuned.is_absolute() else (project or Path.cwd()) / tuned
     base = Path(args.base) if args.base else art / "base" / "model"
     items = {s: [i for i in tools.load_items(SHARED_DATA, s) if tools.held_out(i.id)][:args.limit] for s in SETS}
-    served = {label: ask(model, items, work, label) for label, model in (("base", base), ("tuned", tuned))}
+    modes = tuple(m for m in args.modes.split(",") if m)
+    if bad := set(modes) - set(MODES):
+        raise SystemExit(f"--modes: {sorted(bad)} are not tool_choice modes this bench asks ({', '.join(MODES)})")
+    served = {label: ask(model, items, work, label, modes) for label, model in (("base", base), ("tuned", tuned))}
     deltas = {key: paired(served["base"]["scores"][key], served["tuned"]["scores"][key]).to_dict()
               for key in served["base"]["scores"]}
     payload = {"limit": args.limit, "items": {s: len(v) for s, v in items.items()}, "served": deltas,
