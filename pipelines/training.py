@@ -247,3 +247,8 @@ def write_log_history(trainer, path: Path) -> None:
     rows = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in trainer.state.log_history
             if "loss" in h or "eval_loss" in h]
     path.write_text(json.dumps(rows, indent=1) + "\n")
+    # DVC's plots need every row of a file to carry the plotted field (a row without it: "argument of type
+    # 'NoneType' is not iterable"): the training and validation curves go to one file each as well.
+    for name, key in (("train_loss.json", "loss"), ("eval_loss.json", "eval_loss")):
+        (path.parent / name).write_text(json.dumps([{"step": r["step"], key: r[key]} for r in rows if key in r and "step" in r],
+                                                   indent=1) + "\n")

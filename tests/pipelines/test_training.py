@@ -125,3 +125,33 @@ def test_eval_steps_measure_validation_loss_during_training_and_keep_the_best(st
     assert evals[:2] == [2, 4]  # during training, then once more at the end
     with pytest.raises(LatheError, match="load_best_model_at_end needs eval_steps"):
         load_recipe("default", SMALL + ["sft.load_best_model_at_end=true"])
+
+
+def test_loss_curves_are_files_dvc_plots_can_draw(tmp_path):
+    """`dvc plots show` with the project's own plots definitions draws training and validation loss (a file whose
+    rows do not all carry the plotted field makes DVC fail with "argument of type 'NoneType' is not iterable")."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import yaml
+
+    from pipelines.training import write_log_history
+    from tests.conftest import ROOT
+
+    history = [{"loss": 2.0, "step": 5}, {"loss": 1.5, "step": 10}, {"eval_loss": 1.8, "step": 10},
+               {"train_loss": 1.7, "train_runtime": 3.0, "step": 10}]
+    (tmp_path / "artifacts" / "sft").mkdir(parents=True)
+    write_log_history(SimpleNamespace(state=SimpleNamespace(log_history=history)), tmp_path / "artifacts/sft/log_history.json")
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"][:1]  # SFT loss
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    shown = json.loads(subprocess.run([dvc, "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                                      check=True).stdout)
+    assert "errors" not in shown, shown["errors"]
+    (plot,) = shown["data"]["SFT loss"]
+    values = plot["content"]["data"]["values"]
+    assert sorted((v["step"], "loss" if "loss" in v else "eval_loss", v.get("loss", v.get("eval_loss"))) for v in values) == [
+        (5, "loss", 2.0), (10, "eval_loss", 1.8), (10, "loss", 1.5)]
