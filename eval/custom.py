@@ -150,7 +150,7 @@ def against_baseline(suite: SuiteConfig) -> bool:
 
 
 def prepare(suite: SuiteConfig, path: Path, tokenizer_dir: Path, task_dir: Path, *, seed: int,
-            part_kind: str | None = None, opponent: dict[int, str] | str | None = None):
+            opponent: dict[int, str] | str | None = None):
     """Write the suite's data and wrapper YAML into `task_dir`; returns the PreparedSuite for the harness.
     `opponent`: for a pairwise judge against the baseline, the baseline's answer per row line, or "self"
     when this model is the baseline."""
@@ -202,7 +202,7 @@ def prepare(suite: SuiteConfig, path: Path, tokenizer_dir: Path, task_dir: Path,
                                        "max_gen_toks": suite.max_gen_toks or DEFAULT_MAX_GEN_TOKS}
     (task_dir / f"{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return PreparedSuite(suite.name, task, {"test": path.resolve()}, f"file {path.resolve()}", 0,
-                         primary=suite.metrics[0], part_kind=part_kind or suite.group_by, rendered=True,
+                         primary=suite.metrics[0], part_kind=suite.group_by, rendered=True,
                          paired_metrics=suite.metrics[:1] if suite.kind == "judge" else suite.metrics,
                          spec=spec)
 

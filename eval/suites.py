@@ -119,8 +119,8 @@ def prepare(suite: SuiteConfig, *, mirror_dir: Path, skills_file: Path | None, t
     if suite.custom:
         return custom.prepare(suite, Path(suite.file), tokenizer_dir, task_dir, seed=seed, opponent=opponent)
     if suite.name == "skills":
-        return custom.prepare(skills_suite(suite, _skills_file(skills_file)), Path(skills_file), tokenizer_dir,
-                              task_dir, seed=seed)
+        path = _skills_file(skills_file)
+        return custom.prepare(skills_suite(suite, path), path, tokenizer_dir, task_dir, seed=seed)
     builders = {"mmlu": _mmlu, "gsm8k": _gsm8k, "hellaswag": _hellaswag, "humaneval": _humaneval}
     fewshot = STANDARD_FEWSHOT[suite.name] if suite.num_fewshot is None else suite.num_fewshot
     return builders[suite.name](suite, mirror_dir, skills_file, task_dir, fewshot)

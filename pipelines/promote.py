@@ -62,12 +62,12 @@ def main(recipe: Recipe, args, root: Path = Path("artifacts")) -> int:
 def _judged(root: Path, version: str) -> dict | None:
     """The evaluate stage's paired comparisons, when they are about this version (the one `lathe register`
     just made from the evaluated tuned model); None for any other version."""
-    registered, comparisons = root / "register" / "manifest.json", root / "evaluate" / "comparisons.json"
-    if not (registered.exists() and comparisons.exists()):
+    registered, comparisons = root / "register" / "manifest.json", _comparisons(root)
+    if not registered.exists() or comparisons is None:
         return None
     if str(json.loads(registered.read_text())["version"]) != str(version):
         return None
-    return json.loads(comparisons.read_text())["against"]
+    return comparisons["against"]
 
 
 def _headline(root: Path, primary: str, promoted: bool) -> dict:
@@ -141,9 +141,8 @@ def final_report(recipe: Recipe, root: Path, out: Path, decision_md: str | None)
                          "evaluated yet. Run `lathe evaluate` (or `dvc repro evaluate`) first")
     order = [label for label in REPORT_ORDER if label in results] + sorted(set(results) - set(REPORT_ORDER))
     sections = {}
-    comparisons, paired = root / "evaluate" / "comparisons.json", {}
-    if comparisons.exists():
-        record = json.loads(comparisons.read_text())
+    record, paired = _comparisons(root), {}
+    if record is not None:
         sections[COMPARISONS] = comparisons_markdown(record)
         if order[0] == "base" and "base" in record.get("against", {}):  # the Δ columns are vs the first label
             paired = {"tuned": record["against"]["base"]["paired"]}

@@ -228,18 +228,17 @@ def stage_main(stage: str, run, recipe) -> int:
 
 def log_stage_to_mlflow(stage: str, metrics: dict[str, float], root: Path) -> None:
     """Final metrics and the manifests (data hashes, settings, outputs) of a training stage."""
-    from registry import tracking
-
     import mlflow
+
+    from registry import tracking
 
     tracking.log_metrics_flat(metrics, prefix=f"{stage}.")
     tracking.log_artifacts([root / "data" / "manifest.json", root / stage / "manifest.json",
                             root / stage / "log_history.json"], "manifests")
-    run = mlflow.active_run()
-    if stage == "sft" and run is not None:  # the data the chain trains and is judged on, on the stage and the pipeline
-        parent = run.data.tags.get("mlflow.parentRunId")
+    if stage == "sft":  # the data the chain trains and is judged on, on the stage run and the pipeline's
         outputs = json.loads((root / "data" / "manifest.json").read_text())["outputs"]
-        tracking.log_datasets(outputs, [run.info.run_id] + ([parent] if parent else []))
+        parent = tracking.parent_run_id()
+        tracking.log_datasets(outputs, [mlflow.active_run().info.run_id] + ([parent] if parent else []))
 
 
 def write_log_history(trainer, path: Path) -> None:

@@ -35,7 +35,7 @@ from recipes.errors import LatheError
 from registry.store import configure, current, ensure_experiment, store_lock, client
 
 __all__ = ["configure", "pipeline_run", "stage_run", "log_params_flat", "log_metrics_flat", "log_artifacts",
-           "log_judged_models", "log_datasets", "describe_pipeline", "runtime_tags", "pipeline_id"]
+           "log_judged_models", "log_datasets", "parent_run_id", "describe_pipeline", "runtime_tags", "pipeline_id"]
 
 PIPELINE_ID_ENV = "LATHE_PIPELINE_ID"
 PIPELINE_ID_TAG = "lathe.pipeline_id"
@@ -260,13 +260,18 @@ def log_datasets(outputs: Mapping[str, Mapping[str, Any]], run_ids: list[str]) -
     return len(inputs)
 
 
-def describe_pipeline(text: str, metrics: Mapping[str, Any] | None = None) -> str | None:
-    """Put `text` (Markdown: the verdict) on the pipeline's parent run as its description, with headline
-    metrics; returns the parent's id (None outside a stage run)."""
+def parent_run_id() -> str | None:
+    """The pipeline's parent run of the active stage run (None outside a nested stage run)."""
     import mlflow
 
     active = mlflow.active_run()
-    parent = active.data.tags.get("mlflow.parentRunId") if active else None
+    return active.data.tags.get("mlflow.parentRunId") if active else None
+
+
+def describe_pipeline(text: str, metrics: Mapping[str, Any] | None = None) -> str | None:
+    """Put `text` (Markdown: the verdict) on the pipeline's parent run as its description, with headline
+    metrics; returns the parent's id (None outside a stage run)."""
+    parent = parent_run_id()
     if parent is None:
         return None
     client(must_exist=False).set_tag(parent, "mlflow.note.content", text)
@@ -313,11 +318,8 @@ def lineage_tags(project_root: Path) -> dict[str, str]:
     """`runtime_tags`, with the lineage (git commit, dirty flag, dvc.lock hash) of the pipeline's parent run
     when there is one: the state the chain started from. Recomputed mid-chain they would disagree with the
     parent (the chain itself rewrites dvc.lock), and a version must name the same lineage as its run."""
-    import mlflow
-
     tags = runtime_tags(project_root)
-    active = mlflow.active_run()
-    parent = active.data.tags.get("mlflow.parentRunId") if active else None
+    parent = parent_run_id()
     if parent:
         recorded = client(must_exist=False).get_run(parent).data.tags
         tags.update({key: recorded[key] for key in LINEAGE_TAGS if key in recorded})
