@@ -12,28 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-# Files in a model dir that do not change what the model computes.
-_NOT_MODEL_CONTENT = {"README.md", ".gitattributes", "manifest.json", "MODEL_CARD.md", "MLmodel"}  # never change a score
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_hash(model_dir: str | Path) -> str:
-    """sha256 over the names and contents of the model dir's top-level files: weights, config,
-    generation config, tokenizer and chat template (all of them change scores); README, manifest, the
-    registry's model card and MLmodel, and hidden files are left out."""
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.name not in _NOT_MODEL_CONTENT:
-            digest.update(f"{path.name}\0{file_sha256(path)}\n".encode())
-    return digest.hexdigest()
+from recipes.identity import file_sha256, model_hash  # noqa: F401 - the one content hash, re-exported here
 
 
 def tree_sha256(paths: list[Path]) -> str:

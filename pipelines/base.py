@@ -17,7 +17,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from pipelines.manifest import hash_dir, stage_dir, write_manifest
+from pipelines.manifest import stage_dir, write_manifest
+from recipes.identity import model_hash
 from recipes.errors import LatheError
 from recipes.schema import EMBEDDED_DEFAULT, Recipe
 
@@ -111,7 +112,7 @@ def run_base(recipe: Recipe, root: Path = Path("artifacts")) -> Path:
         raise LatheError(f"{model_dir}: no safetensors weights (model.safetensors or model.safetensors.index.json). "
                          f"Lathe loads only safetensors (pickled .bin weights can run code); convert them first")
     write_manifest(out, stage="base", inputs={"model": source}, settings=recipe.model.model_dump(),
-                   outputs={"model_dir": str(model_dir), "model_hash": hash_dir(model_dir)})
+                   outputs={"model_dir": str(model_dir), "model_hash": model_hash(model_dir)})
     return model_dir
 
 

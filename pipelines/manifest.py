@@ -3,13 +3,13 @@ settings, outputs, metrics); the next stage reads the manifest, not guesses abou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from recipes.errors import LatheError
+from recipes.identity import file_sha256 as sha256_file  # noqa: F401 - the stages' name for it
 
 ARTIFACTS = Path("artifacts")
 
@@ -18,23 +18,6 @@ def stage_dir(stage: str, root: Path = ARTIFACTS) -> Path:
     path = root / stage
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def hash_dir(path: Path) -> str:
-    """Content hash of a directory: names and bytes of every file, in sorted order."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
 
 
 def write_manifest(directory: Path, *, stage: str, inputs: dict[str, Any], settings: dict[str, Any],

@@ -30,12 +30,33 @@ def run_register(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
             **tracking.lineage_tags(Path.cwd())}
     card_text = card.model_card(recipe.registry.model_name, recipe=recipe.model_dump(mode="json"), metrics=metrics,
                                 data_manifest=data)
+    stack = adapter_stack(recipe, root)
     info = models.register(recipe.registry.model_name, Path(tuned["model_dir"]), metrics=metrics, tags=tags,
-                           card_text=card_text)
+                           card_text=card_text, stack=stack)
     out = stage_dir("register", root)
-    manifest = {"name": info.name, "version": str(info.version), "model_dir": tuned["model_dir"], "metrics": metrics}
+    manifest = {"name": info.name, "version": str(info.version), "model_dir": tuned["model_dir"], "metrics": metrics,
+                "stored_as": ("adapters " + " → ".join(stage for stage, _ in stack.adapters) + " on "
+                              + info.tags[models.BASE_TAG]) if stack else "full weights"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def adapter_stack(recipe: Recipe, root: Path):
+    """The tuned model as LoRA adapters on full weights: each training stage that ran with LoRA/QLoRA adds its
+    adapter (trained on the previous stage's merge); a full fine-tune restarts the stack on its own weights.
+    None when no adapter is left to store (nothing trained, or the last stage trained all weights)."""
+    from registry.stack import AdapterStack
+
+    base_dir, adapters = Path(read_manifest("base", root)["outputs"]["model_dir"]), []
+    for stage in ("sft", "preference", "rl"):
+        outputs = read_manifest(stage, root)["outputs"]
+        if outputs.get("skipped"):
+            continue
+        if "adapter_dir" in outputs:
+            adapters.append((stage, Path(outputs["adapter_dir"])))
+        else:
+            base_dir, adapters = Path(outputs["model_dir"]), []
+    return AdapterStack(base_dir, adapters, recipe.model.dtype) if adapters else None
 
 
 def main(recipe: Recipe, args) -> int:
@@ -43,5 +64,6 @@ def main(recipe: Recipe, args) -> int:
 
     with tracking.stage_run("register", experiment=recipe.registry.experiment):
         manifest = run_register(recipe)
-    print(f"register: {manifest['name']} version {manifest['version']} → alias candidate")
+    print(f"register: {manifest['name']} version {manifest['version']} → alias candidate (stored as "
+          f"{manifest['stored_as']})")
     return 0

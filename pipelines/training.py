@@ -9,6 +9,7 @@ from typing import Any
 
 from recipes.errors import LatheError
 from recipes.schema import ModelConfig, TrainConfig
+from registry.stack import merge_adapters, set_eos  # the one merge: the registry re-does it from adapters
 
 
 def has_cuda() -> bool:
@@ -122,7 +123,7 @@ def save_handoff(trainer, cfg: TrainConfig, base_dir: Path, out_dir: Path, dtype
         outputs["model_dir"] = str(model_dir)
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(model_dir)
-            _set_eos(model_dir, tokenizer)
+            set_eos(model_dir, tokenizer)
         return outputs
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # a PeftModel saves the adapter only
@@ -137,32 +138,8 @@ def save_handoff(trainer, cfg: TrainConfig, base_dir: Path, out_dir: Path, dtype
         from pipelines.launch import end_zero3_init
 
         end_zero3_init()  # the merge loads a whole base model, not ZeRO-3 shards
-        outputs["model_dir"] = str(merge_adapter(base_dir, adapter_dir, out_dir / "model", dtype))
+        outputs["model_dir"] = str(merge_adapters(base_dir, [adapter_dir], out_dir / "model", dtype))
     return outputs
-
-
-def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str) -> Path:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype), use_safetensors=True)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer = load_tokenizer(adapter_dir)
-    tokenizer.save_pretrained(out_dir)
-    _set_eos(out_dir, tokenizer)
-    return out_dir
-
-
-def _set_eos(model_dir: Path, tokenizer) -> None:
-    """Keep generation stopping at the turn end (<|im_end|> for ChatML) in the saved model."""
-    from transformers import GenerationConfig
-
-    gen = GenerationConfig.from_pretrained(model_dir) if (model_dir / "generation_config.json").exists() else GenerationConfig()
-    gen.eos_token_id = tokenizer.eos_token_id
-    gen.pad_token_id = tokenizer.pad_token_id
-    gen.save_pretrained(model_dir)
 
 
 def train_metrics(trainer, result) -> dict[str, float]:

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recipes.errors import LatheError
+from recipes.identity import model_hash
+from registry import stack as stacks
 from registry import store
+from registry.stack import AdapterStack
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 METRIC_PREFIX = "metric."
@@ -29,6 +32,8 @@ METRICS_TAG = "lathe.metrics"
 _BAD_TAG_CHARS = re.compile(r"[^/\w.\- :]")  # what MLflow accepts in tag keys
 CONTENT_TAG = "lathe.content_sha256"
 REGISTRATION_TAG = "lathe.registration_key"
+BASE_TAG = "lathe.base_version"  # a stacked version's base: models:/<name>-base/<n>
+BASE_SUFFIX = "-base"
 _VERSION_RE = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -51,32 +56,36 @@ class ModelVersionInfo:
         return store.local_path(self.source)
 
 
-def content_hash(model_dir: Path) -> str:
-    """sha256 over every file's relative path and bytes, in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def register(name: str, model_dir: Path, *, metrics: dict[str, float], tags: dict[str, str],
-             run_id: str | None = None, card_text: str | None = None) -> ModelVersionInfo:
-    """Log `model_dir` as artifacts of a run, create a model version with the metrics as tags, and
-    point alias `candidate` at it. Identical inputs (same files and metrics) return the existing
-    version (and re-point `candidate` at it) instead of creating a duplicate.
+             run_id: str | None = None, card_text: str | None = None,
+             stack: AdapterStack | None = None) -> ModelVersionInfo:
+    """Register a model as a new version of `name` with the metrics as tags, and point alias `candidate` at
+    it. Identical inputs (same files and metrics) return the existing version (and re-point `candidate` at
+    it) instead of creating a duplicate.
+
+    `model_dir` is stored as is, unless `stack` says it is the merge of LoRA adapters on a base: then the
+    version stores the adapters (registry/stack.py) and the base is registered once as a version of
+    `<name>-base`, found again by its content hash.
 
     The run: `run_id`, else the active run, else a new `register-<name>` run in the experiment
     $MLFLOW_EXPERIMENT_NAME (default `lathe`)."""
-    model_dir = Path(model_dir)
     _check_name(name)
+    if stack is None:
+        return _register_dir(name, Path(model_dir), metrics, tags, run_id, card_text)
+    base = _register_dir(name + BASE_SUFFIX, stack.base_dir, {}, {"lathe.role": "base"}, run_id, None,
+                         move_candidate=False)
+    ref = {"uri": f"models:/{base.name}/{base.version}", "content_sha256": base.tags[CONTENT_TAG]}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = stacks.pack(stack, ref, Path(tmp) / "stack")
+        return _register_dir(name, folder, metrics, {**tags, BASE_TAG: ref["uri"]}, run_id, card_text)
+
+
+def _register_dir(name: str, model_dir: Path, metrics: dict[str, float], tags: dict[str, str],
+                  run_id: str | None, card_text: str | None, move_candidate: bool = True) -> ModelVersionInfo:
     if not model_dir.is_dir() or not any(model_dir.iterdir()):
         raise LatheError(f"cannot register '{name}': {model_dir} is not a directory with model files in it")
     clean = _clean_metrics(metrics)
-    files = content_hash(model_dir)
+    files = model_hash(model_dir)
     key = hashlib.sha256((files + json.dumps(clean, sort_keys=True)).encode()).hexdigest()
     client = store.client(must_exist=False)
     with store.store_lock():
@@ -86,7 +95,8 @@ def register(name: str, model_dir: Path, *, metrics: dict[str, float], tags: dic
             version = min(same, key=lambda mv: int(mv.version)).version
         else:
             version = _create_version(client, name, model_dir, clean, tags, run_id, card_text, files, key)
-        client.set_registered_model_alias(name, CANDIDATE, version)
+        if move_candidate:
+            client.set_registered_model_alias(name, CANDIDATE, version)
     info = get_version(name, version)
     assert info is not None
     return info
@@ -226,12 +236,26 @@ def resolve(ref: str, default_name: str | None = None) -> Path:
     if info is None:
         raise LatheError(not_found_message(name, which))
     local = info.model_dir
-    if local is not None:
-        if not local.is_dir():
-            raise LatheError(f"{name} version {info.version}: its files are gone from {local} "
-                             "(artifact folder moved or deleted?). Register the model again.")
-        return local
-    return _download(info)
+    if local is None:
+        local = _download(info)
+    elif not local.is_dir():
+        raise LatheError(f"{name} version {info.version}: its files are gone from {local} "
+                         "(artifact folder moved or deleted?). Register the model again.")
+    return merged(local, info.tags.get(CONTENT_TAG)) if stacks.is_stack(local) else local
+
+
+def merged(folder: Path, key: str | None = None) -> Path:
+    """A stacked version's folder → its merged model, made once per content under `<project>/.lathe/merged/`
+    (its base resolved through the registry and checked against the content hash the stack names)."""
+    record = stacks.read(folder)
+    base_dir = resolve(record["base"]["uri"])
+    cache = store.current().project_root / ".lathe" / "merged"
+    key = key or model_hash(folder)
+    if not (cache / key / "config.json").is_file() and model_hash(base_dir) != record["base"]["content_sha256"]:
+        raise LatheError(f"{folder}: its base {record['base']['uri']} ({base_dir}) does not have the content it was "
+                         f"trained on (sha256 {record['base']['content_sha256'][:12]}…): the registry's base files "
+                         "were changed. Register the model again.")
+    return stacks.materialise(folder, base_dir, cache, key)
 
 
 def not_found_message(name: str, which: str) -> str:

@@ -22,8 +22,12 @@ DEFAULT_MAX_NEW_TOKENS = 128
 
 
 def _load_pyfunc(data_path: str) -> "ChatModel":
-    """MLflow's entry point for a `loader_module`: `data_path` is the version's model directory."""
-    return ChatModel(Path(data_path))
+    """MLflow's entry point for a `loader_module`: `data_path` is the version's model directory (a LoRA
+    version's adapters are merged onto its registered base first, registry/stack.py)."""
+    from registry import models, stack
+
+    folder = Path(data_path)
+    return ChatModel(models.merged(folder) if stack.is_stack(folder) else folder)
 
 
 class ChatModel:

@@ -210,6 +210,10 @@ def test_mlflow_has_one_parent_run_with_stage_runs_and_the_champion(project):
     assert {"sft_train", "sft_val", "pref_train", "skills_eval"} <= datasets  # what the chain trained and was judged on
     version = client.get_model_version_by_alias("lathe-default", "champion")
     assert str(version.version) == "1" and "lathe.git_commit" in version.tags
+    # stored as its two LoRA adapters on the base registered once, not as a copy of the merged 270 MB
+    stored = Path(version.source.removeprefix("file://"))
+    assert sorted(p.name for p in (stored / "adapters").iterdir()) == ["0-sft", "1-preference"]
+    assert not (stored / "model.safetensors").exists() and version.tags["lathe.base_version"] == "models:/lathe-default-base/1"
 
 
 def test_a_candidate_trained_the_old_way_is_refused_by_the_default_gate(project, tmp_path):

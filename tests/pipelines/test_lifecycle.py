@@ -116,3 +116,23 @@ def test_the_gate_decides_on_the_users_own_suite(project, tiny_model_dir, capsys
                                 output_format="list")[0]
     assert "NOT promoted" in parent.data.tags["mlflow.note.content"]  # MLflow's run page opens on the verdict
     assert parent.data.metrics["promoted"] == 0.0 and parent.data.metrics["tuned.tickets/regex"] == pytest.approx(2 / 3)
+
+
+def test_a_lora_candidate_is_registered_as_its_adapter_and_rejudged_from_it(project, tiny_model_dir, capsys):
+    """SFT with LoRA: the version stores the adapter on the base registered once; when it is champion, the next
+    evaluation resolves it (adapter merged onto the registered base) and scores it exactly as it scored when
+    it was the candidate: the same weights."""
+    lora = [o for o in OVERRIDES if o != "sft.enabled=false"] + [
+        "sft.max_steps=2", "sft.batch_size=4", "sft.packing=false", "sft.learning_rate=1e-3"]
+    first, _ = _pipeline(project, tiny_model_dir, capsys, lora)
+    assert first["stored_as"] == "adapters sft on models:/tiny-base/1"
+    from registry import models
+
+    models.set_alias("tiny", "champion", first["version"])
+    tuned = json.loads((project / "artifacts/evaluate/metrics.json").read_text())["tuned"]
+    _pipeline(project, tiny_model_dir, capsys, lora)
+    champion = json.loads((project / "artifacts/evaluate/metrics.json").read_text())["champion"]
+    assert champion["version"] == first["version"]
+    assert champion["metrics"]["skills/exact_match"] == tuned["skills/exact_match"]
+    judged = json.loads((project / "artifacts/evaluate/champion/results.json").read_text())
+    assert judged["model_hash"] == json.loads((project / "artifacts/evaluate/tuned/results.json").read_text())["model_hash"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from recipes import LatheError
+from recipes.identity import model_hash
 from registry import models, tracking
 
 NAME = "lathe-test"
@@ -27,7 +28,7 @@ def test_register_sets_candidate_and_stores_metrics_card_and_files(store_uri, tm
     assert raw["metric.humaneval/pass_1"] == "0.125" and raw["metric.mmlu/acc"] == "0.30000000000000004"
     assert not [k for k in raw if k.startswith("metric.") and ("_stderr" in k or "." in k[len("metric."):].split("/")[0])]
     assert info.tags["lathe.recipe"] == "default"
-    assert info.tags[models.CONTENT_TAG] == models.content_hash(src)
+    assert info.tags[models.CONTENT_TAG] == model_hash(src)
     assert info.description == "# card\nhello"
     stored = info.model_dir
     assert stored.is_relative_to(tmp_path / "mlartifacts"), stored  # the store's artifact folder, not ./mlruns
