@@ -145,7 +145,7 @@ def _guard(key: str, candidate: dict, baseline: dict, pair: dict | None, policy,
     if new is None or old is None:
         who = "candidate" if new is None else against
         return Check(name, False, f"{key}: the {who} has no value, so a regression cannot be ruled out", numbers)
-    drop = -_gain(key, new, old, policy)
+    drop = 0.0 - _gain(key, new, old, policy)  # not -gain: a tie would print "drop -0"
     mde = pair["mde"] if pair else math.inf
     significant = bool(pair) and pair["p_value"] < policy.alpha and drop > 0
     underpowered = mde > policy.max_regression + EPSILON

@@ -29,8 +29,21 @@ def _direct(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
 
 
 @pytest.fixture
-def champion(store_uri, smollm2_dir):
-    info = models.register("chat", smollm2_dir, metrics={"skills/exact_match": 0.5}, tags={})
+def champion(store_uri, smollm2_dir, tmp_path):
+    """Stored the way the pipeline stores a LoRA version: its adapter on the base registered once (an adapter
+    as PEFT initialises it, B = 0, so the replies are the base's; that the merge itself is exact is
+    tests/registry/test_stack.py's)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from registry.stack import AdapterStack
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2_dir), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(adapter)
+    info = models.register("chat", smollm2_dir, metrics={"skills/exact_match": 0.5}, tags={},
+                           stack=AdapterStack(smollm2_dir, [("sft", adapter)], "bfloat16"))
+    assert (info.model_dir / "lathe_stack.json").is_file()
     models.set_alias("chat", "champion", info.version)
     return info
 
@@ -47,7 +60,7 @@ def test_mlflow_loads_and_serves_the_champion(champion, smollm2_dir, tmp_path):
     # MLflow starts `uvicorn` by name: the venv's bin must be on PATH (as with an activated venv).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/chat@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=open(log := tmp_path / "serve.log", "w"))
     try:
         deadline, answer = time.monotonic() + 180, None
