@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from recipes.stages import TRAINING
+
 # name → (module, function, help). The function is called as function(recipe, args).
 COMMANDS = {
     "base": ("pipelines.base", "main", "resolve the base model into a local Hugging Face directory"),
@@ -39,7 +41,7 @@ COMMANDS = {
 
 USES_MLFLOW = {"sft", "preference", "rl", "evaluate", "register", "promote", "rollback", "serve", "demo"}
 
-TRAINING_STAGES = ("sft", "preference", "rl")  # re-launched under distributed.launcher when asked
+TRAINING_STAGES = TRAINING  # re-launched under distributed.launcher when asked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data" and args.overrides[:1] == ["inspect"]:
         args.overrides.pop(0)
         module_name, func_name = "pipelines.inspect_data", "main"
+    from recipes import events
     from recipes.errors import LatheError
 
     try:
@@ -140,13 +143,18 @@ def main(argv: list[str] | None = None) -> int:
                 os._exit(code)
         return code
     except LatheError as exc:
+        events.emit("error", args.command, kind="user", message=str(exc))
         if args.debug:
             raise
         print(f"lathe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        events.emit("error", args.command, kind="interrupted", message="interrupted")
         print(f"lathe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or a library's failure: the traceback follows, the watcher gets one line
+        events.emit("error", args.command, kind="internal", message=f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def load_args_recipe(args):

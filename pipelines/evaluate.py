@@ -24,10 +24,11 @@ from pathlib import Path
 from pipelines.manifest import read_manifest, stage_dir, write_manifest
 from recipes.errors import LatheError
 from recipes.schema import Recipe
+from recipes.stages import TRAINING
 
 CACHE = Path(".lathe/eval-cache")
 ENDPOINT_OUT = "endpoint-eval"  # under artifacts/, outside every DVC output
-TRAINING_STAGES = ("sft", "preference", "rl")
+TRAINING_STAGES = TRAINING
 COMPARISONS, RETENTION, TRAINING = "Paired comparisons", "Retention: answers side by side", "Training"
 """The report's extra sections (headings), here and in the promote stage's final report."""
 

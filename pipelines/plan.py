@@ -24,6 +24,7 @@ from typing import Any
 
 from recipes.errors import LatheError
 from recipes.schema import EMBEDDED_DEFAULT, Recipe, TrainConfig
+from recipes.stages import TRAINING
 
 GIB = 2**30
 
@@ -498,7 +499,7 @@ def plan(recipe: Recipe, gpus: str | None = None, cpu_mem_gb: float | None = Non
     zero = zero_from_config(deepspeed_config(recipe))
     shape = model_shape(recipe)
     stages = []
-    for name in ("sft", "preference", "rl"):
+    for name in TRAINING:
         cfg = getattr(recipe, name)
         if not cfg.enabled:
             continue

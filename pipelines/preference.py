@@ -79,7 +79,8 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     zero3 = launch.zero_stage(recipe) == 3
     model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                         processing_class=tokenizer, peft_config=training.lora_config(cfg))
+                         processing_class=tokenizer, peft_config=training.lora_config(cfg),
+                         callbacks=[training.stage_events("preference")])
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     return training.finish(trainer, result, stage="preference", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir,
                            out=out, inputs={"sft_model": str(base_dir), "train": data["pref_train"], "val": data["pref_val"]},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipelines.manifest import read_manifest, stage_dir
 from recipes.schema import Recipe
+from recipes.stages import TRAINING
 
 
 def run_register(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
@@ -48,7 +49,7 @@ def adapter_stack(recipe: Recipe, root: Path):
     from registry.stack import AdapterStack
 
     base_dir, adapters = Path(read_manifest("base", root)["outputs"]["model_dir"]), []
-    for stage in ("sft", "preference", "rl"):
+    for stage in TRAINING:
         outputs = read_manifest(stage, root)["outputs"]
         if outputs.get("skipped"):
             continue

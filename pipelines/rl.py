@@ -95,7 +95,7 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
     trainer = GRPOTrainer(model=model, reward_funcs=[REWARDS[name] for name in cfg.rewards], args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          peft_config=training.lora_config(cfg))
+                          peft_config=training.lora_config(cfg), callbacks=[training.stage_events("rl")])
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     return training.finish(trainer, result, stage="rl", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir, out=out,
                            inputs={"preference_model": str(base_dir), "prompts": prompts}, evaluate=False,

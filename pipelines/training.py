@@ -104,6 +104,43 @@ def _save_and_eval(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
     return out
 
 
+def stage_events(stage: str):
+    """A Trainer callback writing the stage's progress as structured events (recipes/events.py): start with the
+    total steps, each log with the step and its numbers, each checkpoint, the end with the run's summary."""
+    from transformers import TrainerCallback
+
+    from recipes import events
+
+    class StageEvents(TrainerCallback):
+        def __init__(self) -> None:
+            self.summary: dict[str, float] = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                events.emit("train_begin", stage, step=state.global_step, total_steps=state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if "train_loss" in logs and "loss" not in logs:  # the closing summary (mean loss), not a step
+                self.summary = events.metric_names(logs)
+                return
+            events.emit("log", stage, step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
+                        metrics=events.metric_names(logs))
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                events.emit("checkpoint", stage, step=state.global_step,
+                            path=str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                events.emit("train_end", stage, step=state.global_step, total_steps=state.max_steps,
+                            metrics=self.summary)
+
+    return StageEvents()
+
+
 def _mlflow_active() -> bool:
     import mlflow
 

@@ -1,7 +1,9 @@
 """One job's work: validate its files (the `data` stage), then run the pipeline's stages, each as a
 `python -m pipelines.cli <stage> --recipe recipe.yaml` process with cwd = the job's workspace.
 
-Each stage runs in a process group of its own (start_new_session): cancel and shutdown signal the whole
+A stage tells its progress and its error as structured events (recipes/events.py: JSON lines appended to
+`logs/events.jsonl`, named by $LATHE_EVENTS); its printed output goes to `logs/<stage>.log` for people and is
+never parsed. Each stage runs in a process group of its own (start_new_session): cancel and shutdown signal the whole
 group, so whatever a stage started (torchrun, DeepSpeed workers) stops with it. Finished checkpoints
 stay on disk (they live outside the stage's output folder) and in the job's checkpoint list.
 """
@@ -16,9 +18,12 @@ import re
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from recipes.events import EventReader
+from recipes.stages import JOB_STAGES
 from serving.fine_tuning import progress, workspace
 from serving.fine_tuning.store import add_event, sync_checkpoints, update_job
 
@@ -27,24 +32,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lathe.serving")
 
-STAGES = ("base", "sft", "preference", "rl", "evaluate", "register")  # dvc.yaml's chain after `data`
 TAIL_LINES = 40
-_LATHE_ERROR = re.compile(r"^lathe \w+: error: ")
-_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
+EVENTS_FILE = "logs/events.jsonl"  # $LATHE_EVENTS of the job's stage processes (recipes/events.py)
 
 
 def training_stage(spec: dict[str, Any]) -> str:
     return "preference" if spec["method"] == "dpo" else "sft"
 
 
-def stage_error(lines: list[str]) -> str:
-    """The stage's own one-line error (`lathe sft: error: ...`) if it printed one, else the exception that
-    ended it (`sqlite3.OperationalError: ...`), else its last lines."""
-    for pattern in (_LATHE_ERROR, _EXCEPTION):
-        found = next((line.strip() for line in reversed(lines) if pattern.match(line)), None)
-        if found:
-            return found
-    return " | ".join(line.strip() for line in lines[-5:]) or "no output"
+@dataclass
+class StageExit:
+    code: int
+    error: str | None
+    """The stage's own error event (`kind: message`), None if it wrote none (killed by a signal, out of memory)."""
+    tail: list[str]
+    """Its last output lines: shown when there is no error event, never parsed."""
+
+    def why(self) -> str:
+        if self.error:
+            return self.error
+        return "the stage reported no error (killed?); its last output: " + (
+            " | ".join(line.strip() for line in self.tail[-5:]) or "none")
 
 
 class JobRun:
@@ -62,12 +70,27 @@ class JobRun:
 
     # ---- processes ---------------------------------------------------------------------
 
-    async def run_stage(self, stage: str, cwd: Path, on_line: Callable[[str], None] | None = None,
-                        on_tick: Callable[[], None] | None = None) -> tuple[int, list[str]]:
-        """Run `lathe <stage>` in `cwd`; (exit code, last lines of output). Output goes to logs/<stage>.log."""
+    async def run_stage(self, stage: str, cwd: Path, on_events: Callable[[list[dict]], None] | None = None,
+                        on_tick: Callable[[], None] | None = None) -> StageExit:
+        """Run `lathe <stage>` in `cwd`. Output goes to logs/<stage>.log; its structured events (appended to
+        the job's events file) are handed to `on_events` as they come, and its error event is returned."""
         settings = self.service.settings
         logs = self.workspace / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        events_path = self.workspace / EVENTS_FILE
+        reader = EventReader(events_path, events_path.stat().st_size if events_path.exists() else 0)
+        error: str | None = None
+
+        def drain() -> None:
+            nonlocal error
+            new = [e for e in reader.read() if e.get("stage") == stage]
+            for event in new:
+                if event["type"] == "error":  # a user's error is said as is; anything else says what it was
+                    kind, message = event.get("kind"), event.get("message", "")
+                    error = message if kind == "user" else f"{kind} error: {message}"
+            if on_events and new:
+                on_events(new)
+
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pipelines.cli", stage, "--recipe", "recipe.yaml", cwd=cwd,
             env=self.service.stage_env(self.id), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -77,7 +100,6 @@ class JobRun:
         if cwd == self.workspace:
             update_job(self.store, self.id, pid=self.process.pid)
         tail: list[str] = []
-        pending = ""
         ticked = time.monotonic()
         with open(logs / f"{stage}.log", "a", encoding="utf-8") as log_file:
             while True:
@@ -85,26 +107,24 @@ class JobRun:
                     chunk = await asyncio.wait_for(self.process.stdout.read(1 << 16), settings.poll_interval_s)
                 except asyncio.TimeoutError:
                     chunk = None
-                if on_tick and time.monotonic() - ticked >= settings.poll_interval_s:
-                    on_tick()  # also while output flows: tqdm redraws many times a second
+                if time.monotonic() - ticked >= settings.poll_interval_s:
+                    drain()
+                    if on_tick:
+                        on_tick()
                     ticked = time.monotonic()
                 if chunk is None:
                     continue
                 if not chunk:
                     break
-                text = pending + chunk.decode("utf-8", errors="replace")
-                log_file.write(text[len(pending):])
-                cut = max(text.rfind("\n"), text.rfind("\r")) + 1
-                pending = text[cut:]
-                for line in progress.split_lines(text[:cut]):
-                    tail = (tail + [line])[-TAIL_LINES:]
-                    if on_line:
-                        on_line(line)
+                text = chunk.decode("utf-8", errors="replace")
+                log_file.write(text)
+                tail = (tail + [line for line in re.split(r"[\r\n]+", text) if line.strip()])[-TAIL_LINES:]
         code = await self.process.wait()
+        drain()
         if on_tick:
             on_tick()
         self.process = None
-        return code, tail + progress.split_lines(pending)
+        return StageExit(code, error, tail)
 
     async def stop(self) -> None:
         """SIGTERM to the running stage's process group; SIGKILL after `cancel_grace_s`."""
@@ -133,11 +153,11 @@ class JobRun:
             if size > settings.max_file_bytes:
                 return self.fail("invalid_file", f"File {file_id} is {size} bytes; fine-tuning files may have at "
                                                  f"most {settings.max_file_bytes} bytes.", param)
-            code, tail = await self.run_stage("data", cwd)
+            result = await self.run_stage("data", cwd)
             if self.stopped:
                 return
-            if code != 0:
-                return self.fail(f"invalid_{param}", self._name_files(stage_error(tail)), param)
+            if result.code != 0:
+                return self.fail(f"invalid_{param}", self._name_files(result.why()), param)
             problem, rows[param] = self._check_data(cwd, file_id)
             if problem:
                 return self.fail(f"invalid_{param}", problem, param)
@@ -185,7 +205,7 @@ class JobRun:
         """running -> succeeded (stages done, tokens billed, model served) or failed, unless stopped."""
         done = json.loads(self.job["done_stages"])
         trainer = training_stage(self.spec)
-        for stage in STAGES:
+        for stage in JOB_STAGES:
             if self.stopped:
                 return
             if stage in done:
@@ -193,13 +213,13 @@ class JobRun:
             update_job(self.store, self.id, stage=stage, event=f"Running stage '{stage}'")
             started = time.monotonic()
             if stage == trainer:
-                code, tail = await self._train_stage(stage)
+                result = await self._train_stage(stage)
             else:
-                code, tail = await self.run_stage(stage, self.workspace)
+                result = await self.run_stage(stage, self.workspace)
             if self.stopped:
                 return
-            if code != 0:
-                return self.fail("stage_failed", f"Stage '{stage}' failed (exit code {code}): {stage_error(tail)} "
+            if result.code != 0:
+                return self.fail("stage_failed", f"Stage '{stage}' failed (exit code {result.code}): {result.why()} "
                                                  f"(its output: logs/{stage}.log in the job's workspace)")
             await self.service.after_stage(self.job, stage, self.workspace, time.monotonic() - started)
             done.append(stage)
@@ -208,27 +228,30 @@ class JobRun:
         if not self.stopped:
             await self.service.finish(self.job, self.workspace)
 
-    async def _train_stage(self, stage: str) -> tuple[int, list[str]]:
-        """The training stage, turning its logs into metrics events and its checkpoints into checkpoint rows."""
-        recipe = workspace.read_recipe(self.workspace / "recipe.yaml")
-        outputs = json.loads((self.workspace / "artifacts/data/manifest.json").read_text())["outputs"]
-        train_rows = outputs["pref_train" if stage == "preference" else "sft_train"]["rows"]
+    async def _train_stage(self, stage: str) -> StageExit:
+        """The training stage: its log events become metrics events, its checkpoints checkpoint rows."""
         resumed = progress.finished_checkpoints(self.workspace, stage)
-        counter = progress.StepCounter(step=resumed[-1].step if resumed else 0,
-                                       total=workspace.save_steps(recipe, train_rows, 1))
         if resumed:
             add_event(self.store, self.id, f"Resuming training from the checkpoint at step {resumed[-1].step}")
 
-        def on_line(line: str) -> None:
-            metrics = progress.logged_metrics(line)
-            if metrics:
-                message, data = counter.event(metrics)
-                add_event(self.store, self.id, message, type="metrics", data=data)
+        def on_events(events: list[dict]) -> None:
+            for event in events:
+                if event["type"] != "log":
+                    continue
+                metrics, step, total = event.get("metrics", {}), event["step"], event.get("total_steps")
+                if "train_loss" in metrics:
+                    message = f"Step {step}" + (f"/{total}" if total else "") + f": training loss={metrics['train_loss']:.4f}"
+                elif "valid_loss" in metrics:
+                    message = f"Step {step}: validation loss={metrics['valid_loss']:.4f}"
+                else:
+                    continue
+                add_event(self.store, self.id, message, type="metrics",
+                          data={"step": step, "total_steps": total, **metrics})
 
         def on_tick() -> None:
             sync_checkpoints(self.store, self.id, stage, progress.finished_checkpoints(self.workspace, stage))
 
-        return await self.run_stage(stage, self.workspace, on_line, on_tick)
+        return await self.run_stage(stage, self.workspace, on_events, on_tick)
 
     def fail(self, code: str, message: str, param: str | None = None) -> None:
         error = {"code": code, "message": message, "param": param}

@@ -30,7 +30,7 @@ from serving.files import FINE_TUNE_PURPOSE, file_content, get_file
 from serving.fine_tuning import workspace
 from serving.fine_tuning.progress import finished_checkpoints
 from serving.fine_tuning.request import CreateJob, job_spec
-from serving.fine_tuning.runner import JobRun, kill_stale_stage, training_stage
+from serving.fine_tuning.runner import EVENTS_FILE, JobRun, kill_stale_stage, training_stage
 from serving.fine_tuning.store import (ACTIVE, FINISHED, add_event, create_tables, get_job, insert_job,
                                        jobs_with_status, new_job_id, sync_checkpoints, update_job)
 from serving.metering import UsageRecord
@@ -257,6 +257,7 @@ class FineTuningService:
     def stage_env(self, job_id: str) -> dict[str, str]:
         path = os.pathsep.join(p for p in (str(CODE_ROOT), os.environ.get("PYTHONPATH")) if p)
         return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1",
+                "LATHE_EVENTS": str(self.workspace(job_id) / EVENTS_FILE),  # progress, as structured events
                 "LATHE_PIPELINE_ID": job_id,  # every stage's MLflow run nests under one parent run per job
                 "MLFLOW_TRACKING_URI": self.tracking_uri()}
 

@@ -37,10 +37,17 @@ def test_recipe_validate_and_show():
     assert "max_steps: 3" in shown
 
 
-def test_missing_previous_stage_names_the_fix(tmp_path):
+def test_missing_previous_stage_names_the_fix_and_tells_a_watcher(tmp_path):
+    import json
+    import os
+
     (tmp_path / "params.yaml").write_text("name: x\n")
-    done = run("sft", cwd=tmp_path)
+    done = subprocess.run(LATHE + ["sft"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LATHE_EVENTS": str(tmp_path / "events.jsonl")})
     assert done.returncode == 2 and "run the 'base' stage first" in done.stderr
+    [event] = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert event["type"] == "error" and event["stage"] == "sft" and event["kind"] == "user"
+    assert "run the 'base' stage first" in event["message"]
 
 
 def test_dvc_stages_run_lathe_without_the_venv_on_path():

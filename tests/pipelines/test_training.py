@@ -60,12 +60,14 @@ def test_sft_labels_mask_the_prompt_and_keep_eos(staged):
     assert first["labels"] == match.labels
 
 
-def test_sft_then_dpo_hand_off_adapters_and_merged_models(staged):
+def test_sft_then_dpo_hand_off_adapters_and_merged_models(staged, tmp_path, monkeypatch):
     from pipelines.preference import run_preference
     from pipelines.sft import run_sft
+    from recipes import events
 
     root, recipe = staged
     torch.manual_seed(0)
+    monkeypatch.setenv(events.ENV, str(tmp_path / "events.jsonl"))  # what the jobs plane watches
     sft = run_sft(recipe, root)
     manifest = read_manifest("sft", root)
     assert Path(sft["adapter_dir"], "adapter_model.safetensors").exists()
@@ -78,6 +80,14 @@ def test_sft_then_dpo_hand_off_adapters_and_merged_models(staged):
     # Golden values on the tiny model (fixed seeds): a change here is a behaviour change, not noise.
     assert losses[0] == pytest.approx(6.1523, abs=2e-3)
     assert losses[-1] < losses[0]
+    # The progress as structured events: each step's numbers, as logged, with the step and the total.
+    seen = [e for e in events.EventReader(tmp_path / "events.jsonl").read() if e["stage"] == "sft"]
+    assert seen[0]["type"] == "train_begin" and seen[0]["total_steps"] == 4
+    steps = [e for e in seen if e["type"] == "log" and "train_loss" in e["metrics"]]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4] and [e["metrics"]["train_loss"] for e in steps] == losses
+    [end] = [e for e in seen if e["type"] == "train_end"]
+    assert end["step"] == 4 and end["metrics"]["train_loss"] == pytest.approx(sum(losses) / 4)
+    assert seen[-1]["metrics"]["valid_loss"] == pytest.approx(manifest["metrics"]["eval_loss"])  # the final validation
 
     pref = run_preference(recipe, root)
     assert Path(pref["model_dir"], "model.safetensors").exists()

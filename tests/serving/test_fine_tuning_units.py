@@ -12,7 +12,7 @@ from recipes import LatheError, load_recipe
 from serving.errors import APIError
 from serving.fine_tuning import progress, workspace
 from serving.fine_tuning.request import CreateJob, job_spec
-from serving.fine_tuning.runner import stage_error
+from serving.fine_tuning.runner import StageExit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,19 +101,6 @@ def test_names():
     assert workspace.file_name("file-1", "upload") == "file-1.jsonl"
 
 
-def test_trainer_logs_become_numbered_metrics_events():
-    line = ("{'loss': '6.25', 'grad_norm': '3.185', 'learning_rate': '0', 'mean_token_accuracy': '0.5', "
-            "'num_tokens': '216', 'epoch': '0.5', 'num_input_tokens_seen': 216}")
-    metrics = progress.logged_metrics(" 50%|█████     | 1/2 [00:02<00:02,  2.63s/it]" + line)
-    assert metrics["train_loss"] == 6.25 and metrics["train_mean_token_accuracy"] == 0.5
-    assert progress.logged_metrics("{'train_runtime': '3.0', 'train_loss': '6.2'}") is None  # the summary line
-    assert progress.logged_metrics("Tokenizing train dataset: 100%") is None
-    counter = progress.StepCounter(step=4, total=6)  # resumed after the checkpoint at step 4
-    message, data = counter.event(metrics)
-    assert message == "Step 5/6: training loss=6.2500" and data["step"] == 5
-    assert progress.split_lines("a\r b\n\nc") == ["a", " b", "c"]
-
-
 def test_only_finished_checkpoints_count(tmp_path):
     root = tmp_path / ".lathe/checkpoints/artifacts/sft-0123"
 
@@ -139,12 +126,9 @@ def test_only_finished_checkpoints_count(tmp_path):
     assert progress.finished_checkpoints(tmp_path, "preference") == []
 
 
-def test_a_stage_failure_is_reported_by_its_own_error_line():
-    assert stage_error(["noise", "lathe sft: error: out of memory", "more"]) == "lathe sft: error: out of memory"
-    assert stage_error(["Traceback (most recent call last):", "  File x", "sqlalchemy.exc.OperationalError: (sqlite3."
-                        "OperationalError) table t already exists", "[SQL: CREATE TABLE t (", ")]"]) == \
-        "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) table t already exists"
-    assert stage_error(["a", "b"]) == "a | b"
+def test_a_stage_failure_is_reported_by_its_own_error_event_else_with_its_last_lines():
+    assert StageExit(2, "sft.lora.r must be > 0", ["noise"]).why() == "sft.lora.r must be > 0"
+    assert StageExit(-9, None, ["a", "b"]).why() == "the stage reported no error (killed?); its last output: a | b"
 
 
 def test_the_checkpoint_list_follows_the_disk_and_the_events_keep_the_history(tmp_path):
