@@ -188,6 +188,13 @@ def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
             rows, info = load_spec(spec, normalize, rejects, rng)
             (users_sft if kind == "sft" else sets[kind]).extend(rows)
             sources.append({"kind": kind, **info})
+    given_val: dict[str, list[dict] | None] = {"sft": None, "preference": None}
+    for kind, specs, normalize in (("sft", cfg.sft_validation, sft), ("preference", cfg.preference_validation,
+                                                                       normalize_preference)):
+        for spec in specs:
+            rows, info = load_spec(spec, normalize, rejects, rng)
+            given_val[kind] = (given_val[kind] or []) + rows
+            sources.append({"kind": kind, "role": "validation", **info})
     held_out, users_sft = carve_eval_split(users_sft, cfg.eval_split, rng)
     sets["sft"] += users_sft
     sets["sft"], overlap = drop_overlap(sets["sft"], held_out)
@@ -196,7 +203,10 @@ def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
                                "eval_split_overlap_dropped": overlap}
     for kind, prefix in (("sft", "sft"), ("preference", "pref")):
         rows, dropped = dedupe(sets[kind]) if cfg.dedupe else (sets[kind], 0)
-        train, val = split(rows, cfg.validation_fraction, rng)
+        if given_val[kind] is None:
+            train, val = split(rows, cfg.validation_fraction, rng)
+        else:  # the user's own validation rows, as written
+            train, val = rows, given_val[kind]
         if kind == "sft" and cfg.replay.enabled:
             added, info = replay.rows_for(cfg.replay, len(train), root, rng)
             train += added

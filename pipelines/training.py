@@ -93,7 +93,8 @@ def _save_and_eval(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
     """Checkpoints and validation during training. Picking the best model needs a checkpoint at every
     evaluation, so `load_best_model_at_end` saves every `eval_steps` (and keeps the best one too)."""
     if cfg.eval_steps and not has_eval:
-        raise LatheError("eval_steps needs a validation split: set data.validation_fraction above 0")
+        raise LatheError("eval_steps needs a validation split: set data.validation_fraction above 0, or give "
+                         "data.sft_validation / data.preference_validation")
     out: dict[str, Any] = {"save_strategy": "steps" if cfg.save_steps else "no", "save_steps": cfg.save_steps or 500,
                            "save_total_limit": 2, "eval_strategy": "no"}
     if cfg.eval_steps:

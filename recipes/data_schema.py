@@ -86,6 +86,11 @@ class DataConfig(Section):
     """Extra SFT datasets mixed with the skills set."""
     preference: list[DatasetSpec] = Field(default_factory=list)
     """Extra preference datasets mixed with the generated pairs."""
+    sft_validation: list[DatasetSpec] = Field(default_factory=list)
+    """Your own SFT validation rows (an OpenAI/Together `validation_file`): the validation split as written,
+    checked like training rows; with it, no SFT rows are split off by `validation_fraction`."""
+    preference_validation: list[DatasetSpec] = Field(default_factory=list)
+    """Your own preference validation pairs, as `sft_validation` is for SFT."""
     skills: SkillsConfig = Field(default_factory=SkillsConfig)
     """The generated skills set: something the base model fails today and can learn in minutes."""
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
@@ -95,7 +100,7 @@ class DataConfig(Section):
     eval_split: EvalSplitConfig = Field(default_factory=EvalSplitConfig)
     """A held-out evaluation set carved from your own SFT data (see EvalSplitConfig)."""
     validation_fraction: float = Field(0.1, ge=0, lt=1)
-    """Fraction of each training set held out for validation loss."""
+    """Fraction of each training set held out for validation loss (unless that set's `*_validation` is given)."""
     on_bad_row: Literal["error", "skip"] = "error"
     """`error`: stop at the first bad row naming file, line and reason. `skip`: write each bad row with
     its reason to `artifacts/data/rejects.jsonl`, count them in the manifest, and go on."""

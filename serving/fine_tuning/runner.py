@@ -142,27 +142,29 @@ class JobRun:
     # ---- validation --------------------------------------------------------------------
 
     async def validate(self) -> None:
-        """validating_files -> queued, or failed with every bad row named (file id, line, reason)."""
+        """validating_files -> queued, or failed with every bad row named (file id, line, reason). One `data`
+        run checks both files: the validation file is the recipe's `data.*_validation`, trained as written."""
         settings, job = self.service.settings, self.job
-        files = [("training_file", job["training_file"], self.workspace)]
+        params = {"training_file": job["training_file"]}
         if job["validation_file"]:
-            files.append(("validation_file", job["validation_file"], self.workspace / "validation"))
-        rows = {}
-        for param, file_id, cwd in files:
+            params["validation_file"] = job["validation_file"]
+        for param, file_id in params.items():
             size = self.service.file_bytes(file_id)
             if size > settings.max_file_bytes:
                 return self.fail("invalid_file", f"File {file_id} is {size} bytes; fine-tuning files may have at "
                                                  f"most {settings.max_file_bytes} bytes.", param)
-            result = await self.run_stage("data", cwd)
-            if self.stopped:
-                return
-            if result.code != 0:
-                return self.fail(f"invalid_{param}", self._name_files(result.why()), param)
-            problem, rows[param] = self._check_data(cwd, file_id)
+        result = await self.run_stage("data", self.workspace)
+        if self.stopped:
+            return
+        if result.code != 0:  # a whole file it could not read: the message names it
+            message = self._name_files(result.why())
+            param = next((p for p, f in reversed(params.items()) if f in message), "training_file")
+            return self.fail(f"invalid_{param}", message, param)
+        rows = self._rows()
+        for param, file_id in params.items():
+            problem = self._check_data(file_id, rows[param])
             if problem:
                 return self.fail(f"invalid_{param}", problem, param)
-        if job["validation_file"]:
-            _use_validation_rows(self.workspace, self.workspace / "validation", self.spec)
         recipe_path = self.workspace / "recipe.yaml"
         recipe = workspace.read_recipe(recipe_path)
         every = workspace.save_steps(recipe, rows["training_file"], self.spec.get("n_checkpoints")
@@ -173,27 +175,31 @@ class JobRun:
                                                                                   self.spec["n_evals"])
         workspace.write_recipe(recipe_path, recipe)
         counts = f"{rows['training_file']} training rows" + (
-            f", {rows['validation_file']} validation rows" if "validation_file" in rows else "")
+            f", {rows['validation_file']} validation rows" if "validation_file" in params else "")
         update_job(self.store, self.id, status="queued", pid=None, when_status=("validating_files",),
                    event=f"Files validated ({counts}); job queued")
 
-    def _check_data(self, cwd: Path, file_id: str) -> tuple[str | None, int]:
-        """(why the file cannot be trained on, or None; its number of usable rows)."""
-        data = cwd / "artifacts" / "data"
+    def _rows(self) -> dict[str, int]:
+        """Usable rows per file, from the data stage's manifest."""
+        outputs = json.loads((self.workspace / "artifacts/data/manifest.json").read_text())["outputs"]
+        prefix = "pref" if self.spec["method"] == "dpo" else "sft"
+        return {"training_file": outputs[f"{prefix}_train"]["rows"], "validation_file": outputs[f"{prefix}_val"]["rows"]}
+
+    def _check_data(self, file_id: str, rows: int) -> str | None:
+        """Why the file cannot be trained on (each of its rejected rows, named), or None."""
+        data = self.workspace / "artifacts" / "data"
         rejects = [json.loads(line) for line in (data / "rejects.jsonl").read_text().splitlines() if line.strip()]
-        outputs = json.loads((data / "manifest.json").read_text())["outputs"]
-        kind = "pref_train" if self.spec["method"] == "dpo" else "sft_train"
-        rows = outputs[kind]["rows"] + outputs[kind.replace("train", "val")]["rows"]
+        rejects = [r for r in rejects if Path(r["file"]).name.startswith(file_id + ".")]
         if rejects:
             limit = self.service.settings.max_errors_reported
             named = "; ".join(f"{r['where']}: {r['reason']}" for r in rejects[:limit])
             more = f" (and {len(rejects) - limit} more)" if len(rejects) > limit else ""
             layout = "prompt/chosen/rejected preference rows" if self.spec["method"] == "dpo" else "chat rows"
             return (f"File {file_id} has {len(rejects)} invalid row(s) for a {self.spec['method']} job "
-                    f"({layout}): {named}{more}"), rows
+                    f"({layout}): {named}{more}")
         if rows < self.service.settings.min_rows:
-            return f"File {file_id} has {rows} usable row(s); at least {self.service.settings.min_rows} needed.", rows
-        return None, rows
+            return f"File {file_id} has {rows} usable row(s); at least {self.service.settings.min_rows} needed."
+        return None
 
     def _name_files(self, message: str) -> str:
         """Stage errors name the workspace copy of a file; the client knows it by its file id."""
@@ -257,28 +263,6 @@ class JobRun:
         error = {"code": code, "message": message, "param": param}
         update_job(self.store, self.id, status="failed", error=error, finished_at=time.time(), pid=None,
                    when_status=("validating_files", "running"), level="error", event=f"Job failed: {message}")
-
-
-def _use_validation_rows(job_dir: Path, validation_dir: Path, spec: dict[str, Any]) -> None:
-    """Make the validation file's rows the job's validation split.
-
-    The recipe has no field for a separate validation set (the data stage splits one off the training
-    data), so the validation file gets its own `data` run (same checks, in validation/) and its rows
-    replace the (empty: validation_fraction 0) split in the job's data output, with the manifest entry
-    updated to match, so the training stage reads them as its eval set."""
-    import hashlib
-
-    kind = "pref" if spec["method"] == "dpo" else "sft"
-    rows = (validation_dir / "artifacts/data" / f"{kind}_train.jsonl").read_bytes()
-    target = job_dir / "artifacts/data" / f"{kind}_val.jsonl"
-    target.write_bytes(rows)
-    manifest_path = job_dir / "artifacts/data/manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["outputs"][f"{kind}_val"] = {"path": f"artifacts/data/{kind}_val.jsonl", "rows": rows.count(b"\n"),
-                                          "sha256": hashlib.sha256(rows).hexdigest()}
-    validation_sources = json.loads((validation_dir / "artifacts/data/manifest.json").read_text())["inputs"]["sources"]
-    manifest["inputs"]["sources"] += [{**source, "role": "validation"} for source in validation_sources]
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -120,14 +120,12 @@ class FineTuningService:
         try:
             recipe = workspace.job_recipe(self.base_recipe, job_id=job_id, spec=spec, seed=seed,
                                           base_model_dir=base_dir,
-                                          train_file=paths["training_file"], model_name=name, tracking_uri=uri,
+                                          train_file=paths["training_file"], validation_file=paths.get("validation_file"),
+                                          model_name=name, tracking_uri=uri,
                                           project_root=self.project_root, overrides=self.settings.overrides)
         except LatheError as exc:
             raise invalid_request(f"{exc}", "hyperparameters") from None
         workspace.write_recipe(folder / "recipe.yaml", recipe)
-        if "validation_file" in paths:
-            workspace.write_recipe(folder / "validation" / "recipe.yaml",
-                                   workspace.with_data_file(recipe, paths["validation_file"]))
         cache = self.state_dir / "eval-cache"  # base-model scores are reused by every job on the same base
         cache.mkdir(parents=True, exist_ok=True)
         (folder / ".lathe").mkdir(exist_ok=True)

@@ -10,7 +10,6 @@ to cwd, so each job has its own, and nothing in the project's artifacts/ is touc
     <state_dir>/jobs/<job id>/
         files/<file id>.jsonl    the uploaded training (and validation) file
         recipe.yaml              base recipe + the request's settings + the server's overrides
-        validation/              a data run of the validation file (its rows become sft_val/pref_val)
         logs/<stage>.log         each stage's output
         artifacts/, .lathe/checkpoints/   what the stages write; .lathe/eval-cache is shared by all jobs
 """
@@ -59,7 +58,7 @@ def base_recipe(path_or_name: str, project_root: Path) -> dict[str, Any]:
 
 
 def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed: int, base_model_dir: Path,
-               train_file: str,
+               train_file: str, validation_file: str | None,
                model_name: str, tracking_uri: str, project_root: Path, overrides: list[str]) -> dict[str, Any]:
     """The recipe a job runs: `base` with the served model, the uploaded file (and nothing else) as data,
     the request's settings on the training stage, and `overrides` last. Raises LatheError (bad values)."""
@@ -69,7 +68,10 @@ def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed:
     recipe["name"] = job_id
     recipe["model"] = {**recipe.get("model", {}), "id": str(base_model_dir), "revision": None}
     data = recipe.setdefault("data", {})
-    data.update({"sft": [] if dpo else [{"path": train_file}], "preference": [{"path": train_file}] if dpo else [],
+    files = {"sft": [{"path": train_file}], "sft_validation": [{"path": validation_file}] if validation_file else []}
+    if dpo:
+        files = {"preference": files["sft"], "preference_validation": files["sft_validation"]}
+    data.update({"sft": [], "preference": [], "sft_validation": [], "preference_validation": [], **files,
                  "validation_fraction": 0.0, "seed": seed,
                  "on_bad_row": "skip"})  # skip: every bad row is found and named, not only the first
     data["skills"] = {**data.get("skills", {}), "enabled": False}
@@ -127,14 +129,6 @@ def check(recipe: dict[str, Any]) -> Recipe:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise LatheError(f"the job's recipe is not valid: {problems}") from None
-
-
-def with_data_file(recipe: dict[str, Any], path: str) -> dict[str, Any]:
-    """The same recipe reading `path` instead of the training file (the validation file's own data run)."""
-    copy = apply_overrides(recipe, [])
-    kind = "preference" if copy["data"]["preference"] else "sft"
-    copy["data"][kind] = [{"path": path}]
-    return copy
 
 
 def save_steps(recipe: dict[str, Any], train_rows: int, n_checkpoints: int) -> int:

@@ -153,3 +153,19 @@ def test_an_eval_suite_on_the_split_needs_the_split():
                                 "metric: exact_match}]", "gate.primary_metric=holdout/exact_match",
                                 "gate.required=[holdout/exact_match]", "gate.guards=null", "gate.max_retention=null",
                                 "eval.intermediate_suites=null"])
+
+
+def test_the_users_validation_file_is_the_validation_split_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(8)))
+    val.write_text(json.dumps({"prompt": "v0", "completion": "w0"}) + "\n" + json.dumps({"prompt": "v1", "completion": "w1"}) + "\n")
+    base = ["data.replay.enabled=false", "data.skills.enabled=false", f"data.sft=[{{path: {train}}}]"]
+    outputs = run_data(load_recipe("default", base + [f"data.sft_validation=[{{path: {val}}}]"]), tmp_path / "artifacts")
+    assert outputs["sft_train"]["rows"] == 8  # nothing split off the training file (validation_fraction is 0.1)
+    assert [r["messages"][0]["content"] for r in _jsonl(tmp_path / "artifacts/data/sft_val.jsonl")] == ["v0", "v1"]
+    sources = read_manifest("data", tmp_path / "artifacts")["inputs"]["sources"]
+    assert [s.get("role") for s in sources if s.get("path") == str(val)] == ["validation"]
+    val.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")  # a bad validation row
+    with pytest.raises(LatheError, match=f"{val}, line 1: last message has role 'user'"):
+        run_data(load_recipe("default", base + [f"data.sft_validation=[{{path: {val}}}]"]), tmp_path / "artifacts")

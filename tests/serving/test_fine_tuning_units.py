@@ -21,12 +21,13 @@ def spec(**body):
     return job_spec(CreateJob(model="tiny", training_file="file-1", **body))
 
 
-def recipe_for(spec_, overrides=(), **kwargs):
+def recipe_for(spec_, overrides=(), validation_file=None):
     base = workspace.base_recipe("default", ROOT)
     return workspace.job_recipe(base, job_id="ftjob-abc", spec=spec_, seed=7, base_model_dir=Path("/models/base"),
-                                train_file="/ws/files/file-1.jsonl", model_name="tiny:ft-x-abc",
+                                train_file="/ws/files/file-1.jsonl", validation_file=validation_file,
+                                model_name="tiny:ft-x-abc",
                                 tracking_uri="sqlite:///m.db",
-                                project_root=ROOT, overrides=list(overrides), **kwargs)
+                                project_root=ROOT, overrides=list(overrides))
 
 
 def test_openai_and_together_fields_merge_into_one_spec():
@@ -77,8 +78,9 @@ def test_a_dpo_job_recipe_passes_sft_through_and_trains_the_preference_stage():
     parsed = workspace.check(recipe_for(spec(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25}}})))
     assert not parsed.sft.enabled and parsed.preference.enabled and parsed.preference.beta == 0.25
     assert [d.path for d in parsed.data.preference] == ["/ws/files/file-1.jsonl"] and parsed.data.sft == []
-    assert workspace.with_data_file(recipe_for(spec(method={"type": "dpo"})), "/v.jsonl")["data"]["preference"] == \
-        [{"path": "/v.jsonl"}]
+    with_validation = workspace.check(recipe_for(spec(method={"type": "dpo"}), validation_file="/ws/files/file-2.jsonl"))
+    assert [d.path for d in with_validation.data.preference_validation] == ["/ws/files/file-2.jsonl"]
+    assert with_validation.data.sft_validation == [] and with_validation.data.validation_fraction == 0
 
 
 def test_a_bad_override_or_value_is_a_lathe_error_naming_the_key():
