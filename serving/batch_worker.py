@@ -18,7 +18,6 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,42 +41,32 @@ class LineOutcome:
     latency_s: float = 0.0
 
 
-class _BatchRequest:
-    """Stands in for the HTTP request when the worker calls a route: nobody can disconnect, and the
-    route's token counts land in `state.lathe_usage`."""
-
-    def __init__(self) -> None:
-        self.state = SimpleNamespace(lathe_usage=RequestUsage())
-
-    async def is_disconnected(self) -> bool:
-        return False
-
-
 async def run_line(state: ServerState, endpoint: str, body: dict[str, Any]) -> LineOutcome:
-    """One request body through the online route's code; the HTTP status and JSON it would answer."""
+    """One request body through the handler the online route calls; the HTTP status and JSON it would answer."""
     from fastapi.encoders import jsonable_encoder
 
+    from serving.handlers import Call
+    from serving.handlers.chat import create_chat_completion
+    from serving.handlers.completions import create_completion
     from serving.protocol import ChatCompletionRequest, CompletionRequest
-    from serving.routes.chat import chat_completions
-    from serving.routes.completions import completions
 
-    request, started = _BatchRequest(), time.perf_counter()
+    call, started = Call(usage=RequestUsage()), time.perf_counter()
     try:
         if body.get("stream"):
             raise invalid_request("stream is not supported in a batch (each result is written whole).", "stream")
         if endpoint == "/v1/chat/completions":
-            response = await chat_completions(ChatCompletionRequest.model_validate(body), request, state)
+            response = await create_chat_completion(state, ChatCompletionRequest.model_validate(body), call)
         else:
-            response = await completions(CompletionRequest.model_validate(body), request, state)
-        outcome = LineOutcome(200, jsonable_encoder(response), request.state.lathe_usage)
+            response = await create_completion(state, CompletionRequest.model_validate(body), call)
+        outcome = LineOutcome(200, jsonable_encoder(response), call.usage)
     except ValidationError as exc:
         outcome = LineOutcome(400, invalid_body(exc).envelope())
     except APIError as exc:
         retry = exc.status_code in (499, 503)
-        outcome = LineOutcome(exc.status_code, exc.envelope(), request.state.lathe_usage, retry=retry)
+        outcome = LineOutcome(exc.status_code, exc.envelope(), call.usage, retry=retry)
     except Exception as exc:  # noqa: BLE001 - one bad line must not stop the batch
         log.exception("batch line failed")
-        outcome = LineOutcome(500, as_api_error(exc).envelope(), request.state.lathe_usage)
+        outcome = LineOutcome(500, as_api_error(exc).envelope(), call.usage)
     outcome.latency_s = time.perf_counter() - started
     return outcome
 

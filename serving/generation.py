@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, TypeVar
-
-from fastapi import Request
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from serving.engine import Engine, GeneratedToken, SamplingParams
 from serving.errors import APIError
@@ -112,7 +110,7 @@ async def merge(iterators: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T], poll_s: float = 0.1) -> T:
+async def unless_disconnected(disconnected: Callable[[], Awaitable[bool]], work: Awaitable[T], poll_s: float = 0.1) -> T:
     """Await `work`, cancelling it (and so its generations) if the client hangs up meanwhile."""
     task = asyncio.ensure_future(work)
     try:
@@ -120,7 +118,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T], poll_s: floa
             done, _ = await asyncio.wait({task}, timeout=poll_s)
             if done:
                 return task.result()
-            if await request.is_disconnected():
+            if await disconnected():
                 raise APIError(499, "The client closed the request.", "client_disconnected")
     finally:
         if not task.done():

@@ -49,10 +49,9 @@ class RequestUsage:
             await deltas.aclose()  # a client that left must still cancel the generation underneath
 
 
-def track_usage(request, model: str, prompt_tokens: int, choices: list) -> list:
-    """Count the tokens of a request's choices into its RequestUsage (set on `request.state` by the
-    gate middleware or the batch worker); returns the choices to run."""
-    usage: RequestUsage | None = getattr(request.state, "lathe_usage", None)
+def track_usage(usage: "RequestUsage | None", model: str, prompt_tokens: int, choices: list) -> list:
+    """Count the tokens of a call's choices into its RequestUsage (the metering middleware's or the batch
+    worker's; None: not metered); returns the choices to run."""
     if usage is None:
         return choices
     usage.model, usage.prompt_tokens = model, prompt_tokens

@@ -11,6 +11,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from serving.errors import APIError, as_api_error
+from serving.handlers import Call, Stream
 from serving.limits import Slot
 
 log = logging.getLogger("lathe.serving")
@@ -42,3 +43,16 @@ def sse_response(chunks: AsyncIterator[BaseModel], slot: Slot, *, include_usage:
     # never starts and its `finally` never runs.
     return EventSourceResponse(events(), background=BackgroundTask(slot.release_async),
                                shutdown_grace_period=drain_s)
+
+
+def call_of(request) -> Call:
+    """A handler's view of an HTTP request: the metering middleware's usage record, and whether the client left."""
+    return Call(usage=getattr(request.state, "lathe_usage", None), disconnected=request.is_disconnected)
+
+
+def http_response(result, state):
+    """A handler's result as HTTP: a Stream as server-sent events, anything else as JSON (FastAPI's)."""
+    if isinstance(result, Stream):
+        return sse_response(result.chunks, result.slot, include_usage=result.include_usage,
+                            drain_s=state.settings.drain_timeout_s)
+    return result

@@ -61,7 +61,7 @@ def test_a_served_tool_request_renders_as_the_model_was_trained(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from serving.protocol import ChatCompletionRequest
-    from serving.routes.chat import encode_chat
+    from serving.handlers.chat import encode_chat
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = SMOLLM2_TEMPLATE
