@@ -75,7 +75,8 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     checkpoints = checkpoint_dir("preference", cfg.model_dump(mode="json"), {"data": data["pref_train"]["sha256"]},
                                  root, upstream="sft")
     args = DPOConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
-                     beta=cfg.beta, loss_type=cfg.loss_type, max_length=cfg.max_seq_length)
+                     beta=cfg.beta, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
+                     max_length=cfg.max_seq_length)
     zero3 = launch.zero_stage(recipe) == 3
     model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,

@@ -79,6 +79,7 @@ def common_args(cfg: TrainConfig, output_dir: Path, has_eval: bool) -> dict[str,
     cuda = has_cuda()
     return dict(
         output_dir=str(output_dir), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        lr_scheduler_kwargs=dict(cfg.lr_scheduler_kwargs), weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         warmup_steps=cfg.warmup_ratio, max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, activation_checkpointing=cfg.gradient_checkpointing,

@@ -59,8 +59,15 @@ class TrainConfig(Section):
     """Peak learning rate."""
     lr_scheduler: str = "cosine"
     """transformers scheduler name (`cosine`, `linear`, `constant_with_warmup`, …)."""
+    lr_scheduler_kwargs: dict[str, float] = Field(default_factory=dict)
+    """Extra arguments of the scheduler (transformers' `lr_scheduler_kwargs`), e.g. `{min_lr_rate: 0.1}` for
+    `cosine_with_min_lr`, `{num_cycles: 0.5}` for `cosine`."""
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     """Fraction of steps spent warming up."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping norm (0: no clipping)."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run `epochs` epochs)."""
     epochs: float = Field(1.0, gt=0)
@@ -113,11 +120,20 @@ class SFTConfig(TrainConfig):
 
 
 class PreferenceConfig(TrainConfig):
+    @model_validator(mode="after")
+    def _one_weight_per_loss(self):
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type entries")
+        return self
+
     learning_rate: float = Field(5e-5, gt=0)
     """Peak learning rate (DPO wants a lower one than SFT)."""
     loss_type: list[str] = Field(default_factory=lambda: ["sigmoid", "sft"])
     """TRL DPO loss(es): `sigmoid` (DPO), `ipo`, `hinge`, … ; adding `sft` keeps an SFT term on the
-    chosen answer (RPO-style), which stops small models from collapsing."""
+    chosen answer (RPO-style), which stops small models from collapsing; `sigmoid_norm` is DPO on
+    length-normalised log-ratios."""
+    loss_weights: list[float] | None = None
+    """One weight per `loss_type` entry (TRL `loss_weights`; None: 1 each). RPO's alpha is the `sft` weight."""
     beta: float = Field(0.1, gt=0)
     """DPO temperature: how far the policy may move from the reference."""
 

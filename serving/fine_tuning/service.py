@@ -79,7 +79,8 @@ class FineTuningService:
         if body.validation_file:
             files["validation_file"] = self._fine_tune_file(body.validation_file, owner, "validation_file")
         job_id = new_job_id()
-        seed = body.seed if body.seed is not None else random.randrange(2**31)
+        seed = next((v for v in (body.seed, body.random_seed) if v is not None), None)
+        seed = seed if seed is not None else random.randrange(2**31)
         name = workspace.fine_tuned_model_name(server.model_name, body.suffix, job_id)
         uri = await asyncio.to_thread(self.tracking_uri)
         base_dir = Path(self.state.served.model_dir).resolve()  # the adapter will only fit this base

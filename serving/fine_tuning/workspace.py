@@ -115,8 +115,20 @@ def _apply_spec(train: dict[str, Any], spec: dict[str, Any], stage: str) -> None
         train["learning_rate"] = float(base_lr) * spec["learning_rate_multiplier"]
     if spec.get("warmup_ratio") is not None:
         train["warmup_ratio"] = spec["warmup_ratio"]
-    if spec.get("beta") is not None:
-        train["beta"] = spec["beta"]
+    for key in ("lr_scheduler", "lr_scheduler_kwargs", "weight_decay", "max_grad_norm", "beta"):
+        if spec.get(key) is not None:
+            train[key] = spec[key]
+    if stage == "preference":  # Together's DPO options, as TRL's loss list: RPO = DPO + alpha x SFT on the chosen
+        losses = list(train.get("loss_type") or Recipe().preference.loss_type)
+        weights = train.get("loss_weights") or [1.0] * len(losses)
+        if spec.get("length_normalized"):
+            losses = ["sigmoid_norm" if loss == "sigmoid" else loss for loss in losses]
+        if spec.get("rpo_alpha") is not None:
+            kept = [(loss, w) for loss, w in zip(losses, weights) if loss != "sft"]
+            if spec["rpo_alpha"] > 0:
+                kept.append(("sft", float(spec["rpo_alpha"])))
+            losses, weights = [loss for loss, _ in kept], [w for _, w in kept]
+        train["loss_type"], train["loss_weights"] = losses, weights
     if spec.get("train_on_inputs") is not None and stage == "sft":
         train["assistant_only_loss"] = not spec["train_on_inputs"]
 

@@ -165,3 +165,21 @@ def test_loss_curves_are_files_dvc_plots_can_draw(tmp_path):
     values = plot["content"]["data"]["values"]
     assert sorted((v["step"], "loss" if "loss" in v else "eval_loss", v.get("loss", v.get("eval_loss"))) for v in values) == [
         (5, "loss", 2.0), (10, "eval_loss", 1.8), (10, "loss", 1.5)]
+
+
+def test_optimizer_and_schedule_fields_reach_the_trainer(tmp_path):
+    """Each recipe field a fine-tuning job can set is a TrainingArguments / DPOConfig field of the run."""
+    from trl import DPOConfig
+
+    from pipelines import training
+
+    recipe = load_recipe("default", ["preference.weight_decay=0.01", "preference.max_grad_norm=0.5",
+                                     "preference.lr_scheduler=cosine_with_min_lr",
+                                     "preference.lr_scheduler_kwargs={min_lr_rate: 0.1}",
+                                     "preference.loss_type=[sigmoid_norm, sft]", "preference.loss_weights=[1.0, 0.25]"])
+    cfg = recipe.preference
+    args = DPOConfig(**training.common_args(cfg, tmp_path, False), beta=cfg.beta, loss_type=cfg.loss_type,
+                     loss_weights=cfg.loss_weights)
+    assert (args.weight_decay, args.max_grad_norm, args.lr_scheduler_kwargs) == (0.01, 0.5, {"min_lr_rate": 0.1})
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine_with_min_lr"
+    assert args.loss_type == ["sigmoid_norm", "sft"] and args.loss_weights == [1.0, 0.25]

@@ -50,6 +50,19 @@ def test_openai_and_together_fields_merge_into_one_spec():
     ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
     ({"suffix": "no spaces allowed"}, "suffix"),
     ({"n_evals": 3}, "n_evals"),  # validation loss needs a validation_file
+    ({"training_type": {"type": "Full"}}, "training_type.type"),
+    ({"from_checkpoint": "ftjob-1"}, "from_checkpoint"),
+    ({"training_method": {"method": "dpo", "simpo_gamma": 0.5}}, "training_method.simpo_gamma"),
+    ({"training_method": {"method": "dpo", "dpo_reference_free": True}}, "training_method.dpo_reference_free"),
+    ({"training_method": {"method": "sft", "rpo_alpha": 0.5}}, "training_method"),
+    ({"lr_scheduler": {"lr_scheduler_type": "linear", "lr_scheduler_args": {"min_lr_ratio": 0.1}}},
+     "lr_scheduler.lr_scheduler_args.min_lr_ratio"),
+    ({"seed": 1, "random_seed": 2}, "random_seed"),
+    ({"learning_rate_warmup": 0.1}, "learning_rate_warmup"),  # neither API's field: refused, not ignored
+    ({"hyperparameters": {"n_epoch": 2}}, "hyperparameters.n_epoch"),
+    ({"training_type": {"type": "Lora", "lora_rank": 8}}, "training_type.lora_rank"),
+    ({"wandb_api_key": "k"}, "wandb_api_key"),
+    ({"from_hf_model": "org/model"}, "from_hf_model"),
 ])
 def test_contradictions_and_unsupported_settings_are_400s_naming_the_field(body, param):
     with pytest.raises(APIError) as caught:
@@ -72,6 +85,38 @@ def test_a_supervised_job_recipe_trains_the_served_base_on_the_uploaded_file_onl
     assert parsed.registry.model_name == "tiny-ft-x-abc" and parsed.registry.tracking_uri == "sqlite:///m.db"
     assert Path(parsed.eval.mirror_dir).is_absolute()
     assert parsed.eval.suites == default.eval.suites  # evaluated with the base recipe's suites
+
+
+@pytest.mark.parametrize("body, stage, expected", [
+    ({"weight_decay": 0.01}, "sft", {"weight_decay": 0.01}),
+    ({"max_grad_norm": 0.5}, "sft", {"max_grad_norm": 0.5}),
+    ({"warmup_ratio": 0.2}, "sft", {"warmup_ratio": 0.2}),
+    ({"lr_scheduler": {"lr_scheduler_type": "linear"}}, "sft", {"lr_scheduler": "linear", "lr_scheduler_kwargs": {}}),
+    ({"lr_scheduler": {"lr_scheduler_type": "cosine", "lr_scheduler_args": {"min_lr_ratio": 0.1, "num_cycles": 0.5}}},
+     "sft", {"lr_scheduler": "cosine_with_min_lr", "lr_scheduler_kwargs": {"num_cycles": 0.5, "min_lr_rate": 0.1}}),
+    ({"training_type": {"type": "Lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                        "lora_trainable_modules": "q_proj"}},
+     "sft", {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}}),
+    ({"training_method": {"method": "sft", "train_on_inputs": True}}, "sft", {"assistant_only_loss": False}),
+    ({"training_method": {"method": "dpo", "rpo_alpha": 0.5}}, "preference",
+     {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}),
+    ({"training_method": {"method": "dpo", "rpo_alpha": 0}}, "preference", {"loss_type": ["sigmoid"], "loss_weights": [1.0]}),
+    ({"training_method": {"method": "dpo", "dpo_normalize_logratios_by_length": True}}, "preference",
+     {"loss_type": ["sigmoid_norm", "sft"]}),
+    ({"training_method": {"method": "dpo", "dpo_beta": 0.3}}, "preference", {"beta": 0.3}),
+])
+def test_each_together_field_reaches_the_jobs_recipe(body, stage, expected):
+    """What the stage runs with is the recipe's section, recorded as the stage manifest's settings."""
+    parsed = workspace.check(recipe_for(spec(**body))).model_dump()[stage]
+    for key, value in expected.items():
+        if isinstance(value, dict) and key == "lora":
+            assert {k: parsed["lora"][k] for k in value} == value
+        else:
+            assert parsed[key] == value, key
+
+
+def test_random_seed_is_the_jobs_seed():
+    assert spec(random_seed=5, seed=5)["method"] == "supervised"  # the same value twice is fine
 
 
 def test_a_dpo_job_recipe_passes_sft_through_and_trains_the_preference_stage():
