@@ -37,6 +37,7 @@ def main(recipe: Recipe, args) -> int:
         model_ref=ref if follows_registry else None,
         registry_model_name=recipe.registry.model_name if follows_registry else None,
         watch_interval_s=cfg.watch_interval_s, engine=cfg.engine, max_queue=cfg.max_queue,
-        torch_threads=cfg.torch_threads, drain_timeout_s=cfg.drain_timeout_s, platform=recipe.platform)
+        torch_threads=cfg.torch_threads, drain_timeout_s=cfg.drain_timeout_s, platform=recipe.platform,
+        fine_tuning=cfg.fine_tuning)
     run(settings)
     return 0

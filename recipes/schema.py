@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from recipes.data_schema import DataConfig, DatasetSpec, ReplayConfig, SkillsConfig, ToolsDataConfig  # noqa: F401 (re-exported)
 from recipes.eval_schema import SUITE_METRICS, EvalConfig, JudgeConfig, SuiteConfig  # noqa: F401 (re-exported)
 from recipes.section import Section
-from recipes.serve_schema import BatchConfig, PlatformConfig, PriceConfig, ServeConfig, TierConfig  # noqa: F401 (re-exported)
+from recipes.serve_schema import BatchConfig, FineTuningConfig, PlatformConfig, PriceConfig, ServeConfig, TierConfig  # noqa: F401 (re-exported)
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 

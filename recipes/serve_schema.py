@@ -3,11 +3,46 @@ prices and the Batch API). Part of the one recipe schema (recipes/schema.py re-e
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from recipes.section import Section
+
+
+class FineTuningConfig(Section):
+    """The fine-tuning jobs API of `lathe serve` (serving/README.md, Fine-tuning API): off unless enabled."""
+
+    enabled: bool = False
+    """Serve /v1/fine_tuning/jobs and run the jobs (a training queue in the server's process tree)."""
+    base_recipe: str = "default"
+    """The recipe a job's recipe is derived from (a path, or a name under recipes/: `default` is
+    recipes/default.yaml): its training, eval, gate and registry settings apply unless the request or
+    `overrides` change them. Relative paths resolve against the server's working directory (the project root)."""
+    state_dir: Path = Path(".lathe/fine_tuning")
+    """Job workspaces (`jobs/<job id>/`: files, recipe.yaml, artifacts, checkpoints, stage logs, events) and the
+    evaluation cache the jobs share."""
+    max_concurrent_jobs: int = Field(1, ge=1)
+    """Jobs training at once; more wait as `queued`."""
+    price_per_million_tokens: float = Field(0.50, ge=0)
+    """US dollars per million trained tokens (every token of every epoch), charged to the key that created the job."""
+    max_file_bytes: int = Field(512_000_000, gt=0)
+    """Largest training or validation file a job takes."""
+    min_rows: int = Field(1, ge=1)
+    """Fewest valid rows a training file must have."""
+    max_errors_reported: int = Field(20, ge=1)
+    """Bad rows named (file id, line, reason) in a failed job's error message."""
+    n_checkpoints: int = Field(1, ge=1)
+    """Checkpoints saved per training run unless the request sets Together's `n_checkpoints`; a job interrupted
+    by a restart resumes from the last one."""
+    overrides: list[str] = Field(default_factory=list)
+    """`key.sub=value` recipe overrides applied to every job after the request's settings (e.g.
+    `sft.max_steps=200` to cap jobs, `eval.suites=[{name: skills}]`)."""
+    cancel_grace_s: float = Field(10.0, ge=0)
+    """After SIGTERM, how long a stage may take to exit before it is killed (cancel, shutdown)."""
+    poll_interval_s: float = Field(1.0, gt=0)
+    """How often running stages are checked for new events and checkpoints, and the queue for free slots."""
 
 
 class ServeConfig(Section):
@@ -29,6 +64,8 @@ class ServeConfig(Section):
     """How often to check whether the served alias moved."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long in-flight requests may finish before the server exits."""
+    fine_tuning: FineTuningConfig = Field(default_factory=FineTuningConfig)
+    """The fine-tuning jobs API (off by default: `serve.fine_tuning.enabled=true` turns it on)."""
 
 
 class TierConfig(Section):

@@ -2,7 +2,6 @@
 base model by running the pipeline's stages as processes in a job workspace, then serves the adapter
 by name next to the base.
 
-    settings.py   FineTuningSettings (ServerSettings.fine_tuning)
     request.py    the create request (OpenAI + Together fields) -> a JobSpec, or a 400 naming the field
     store.py      jobs, events and checkpoints in the platform's SQLite database; the API objects
     workspace.py  a job's directory: its files, the recipe derived from the request, the model names
@@ -12,5 +11,5 @@ by name next to the base.
     service.py    the queue: validation, scheduling, restart recovery, billing, serving the result
 
 serving/ never imports pipelines/: the stages run as `python -m pipelines.cli <stage>` processes.
-Only settings.py is imported by serving.settings, so this package stays light until a server starts.
+Its settings are the recipe's `serve.fine_tuning` (recipes/serve_schema.FineTuningConfig); off unless enabled.
 """

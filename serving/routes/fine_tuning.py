@@ -19,7 +19,8 @@ router = APIRouter()
 def get_service(request: Request) -> FineTuningService:
     service = getattr(request.app.state, "fine_tuning", None)
     if service is None:
-        raise not_found("Fine-tuning is not enabled on this server (ServerSettings.fine_tuning.enabled).")
+        raise not_found("Fine-tuning is not enabled on this server: start it with `lathe serve "
+                        "serve.fine_tuning.enabled=true` (or set serve.fine_tuning.enabled in the recipe).")
     return service
 
 

@@ -109,7 +109,7 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
     state_dir = tmp_path / "fine_tuning"
     settings = {"model_dir": str(tiny_model_dir), "model_name": MODEL_NAME, "log_level": "warning",
                 "platform": {"db_path": str(tmp_path / "platform.db"), "auth": "on"},
-                "fine_tuning": {"state_dir": str(state_dir), "poll_interval_s": 0.2, "price_per_million_tokens": PRICE,
+                "fine_tuning": {"enabled": True, "state_dir": str(state_dir), "poll_interval_s": 0.2, "price_per_million_tokens": PRICE,
                                 "max_concurrent_jobs": 2,  # the second job's start overlaps the first one's last stages
                                 # skills only (no skills rows: reported as not run): the other suites take minutes
                                 "overrides": ["eval.suites=[{name: skills}]", "gate.guards=null", "gate.max_retention=null", "eval.intermediate_suites=null", "gate.required=[skills/exact_match]"]}}
@@ -132,6 +132,9 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
             "code"] == "invalid_file_purpose"
         assert _bad_request(lambda: other.fine_tuning.jobs.create(model=MODEL_NAME, training_file=train))[
             "code"] == "file_not_found"  # another key's file
+        unknown = _bad_request(lambda: client.fine_tuning.jobs.create(model=MODEL_NAME, training_file=train,
+                                                                      extra_body={"weight_decai": 0.1}))
+        assert unknown["param"] == "weight_decai" and "not a field of OpenAI's or Together's" in unknown["message"]
 
         job = client.fine_tuning.jobs.create(
             model=MODEL_NAME, training_file=train, validation_file=valid, suffix="unit", seed=3,

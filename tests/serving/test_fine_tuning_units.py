@@ -195,3 +195,12 @@ def test_the_checkpoint_list_follows_the_disk_and_the_events_keep_the_history(tm
     events, _ = page(store, "fine_tuning_events", "job_id = ?", ["ftjob-1"], None, 10)
     assert [e["message"] for e in reversed(events)] == [f"Checkpoint created at step {s}" for s in (2, 4, 6)]
     store.close()
+
+
+def test_the_jobs_plane_is_off_unless_the_recipe_turns_it_on():
+    from serving.settings import ServerSettings
+
+    assert not ServerSettings(model_dir="/m").fine_tuning.enabled
+    recipe = load_recipe("default", ["serve.fine_tuning.enabled=true", "serve.fine_tuning.max_concurrent_jobs=2"])
+    settings = ServerSettings(model_dir="/m", fine_tuning=recipe.serve.fine_tuning)
+    assert settings.fine_tuning.enabled and settings.fine_tuning.max_concurrent_jobs == 2
