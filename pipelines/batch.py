@@ -58,7 +58,8 @@ def _served_name(ref: str, recipe: Recipe, model_dir: Path) -> str:
 async def _run(settings, source: Path, target: Path, errors_path: Path, endpoint: str) -> int:
     from serving.access import Platform
     from serving.batch_worker import BatchWorker
-    from serving.batches import get_batch, parse_input
+    from accounts.batches import get_batch
+    from serving.batches import parse_input
     from serving.engine import create_engine
     from serving.state import ServedModel, ServerState
 
@@ -94,8 +95,9 @@ async def _run(settings, source: Path, target: Path, errors_path: Path, endpoint
 
 def _batch_for(platform, content: bytes, source: Path, target: Path, endpoint: str) -> str:
     """The unfinished batch of an earlier run of the same command, or a new one."""
-    from serving.batches import ACTIVE, create_batch
-    from serving.files import save_file
+    from accounts.batches import ACTIVE
+    from serving.batches import create_batch
+    from accounts.files import save_file
 
     run_key = hashlib.sha256(content + f"\0{endpoint}\0{target.resolve()}".encode()).hexdigest()
     marks = ", ".join("?" for _ in ACTIVE)
@@ -114,12 +116,12 @@ def _batch_for(platform, content: bytes, source: Path, target: Path, endpoint: s
 
 async def _hold(worker, batch_id: str, lease_s: float) -> None:
     """Take the batch; an interrupted earlier run holds it until its lease ends."""
-    if worker.claim(batch_id):
+    if await worker.claim(batch_id):
         return
     print(f"batch {batch_id} is held by another worker (an interrupted run's lease lasts {lease_s:g}s); waiting",
           file=sys.stderr)
     deadline = time.monotonic() + lease_s + 5
-    while not worker.claim(batch_id):
+    while not await worker.claim(batch_id):
         if time.monotonic() > deadline:
             raise LatheError(f"batch {batch_id} is still held by another worker (a server or another "
                              "`lathe batch run` on the same platform.db_path?)")
@@ -127,7 +129,7 @@ async def _hold(worker, batch_id: str, lease_s: float) -> None:
 
 
 async def _report_progress(platform, batch_id: str) -> None:
-    from serving.batches import counts, get_batch
+    from accounts.batches import counts, get_batch
 
     while True:
         await asyncio.sleep(5)
@@ -137,8 +139,8 @@ async def _report_progress(platform, batch_id: str) -> None:
 
 
 def _write_results(platform, batch: dict, target: Path, errors_path: Path) -> int:
-    from serving.batches import counts
-    from serving.files import file_content
+    from accounts.batches import counts
+    from accounts.files import file_content
 
     if batch["status"] != "completed":
         raise LatheError(f"batch {batch['id']} ended {batch['status']}: {batch['errors'] or ''}")

@@ -17,8 +17,8 @@ from recipes.schema import Recipe
 
 
 def main(recipe: Recipe, args) -> int:
-    from serving.auth import create_key, list_keys, revoke_key
-    from serving.store import Store
+    from accounts.keys import create_key, list_keys, revoke_key
+    from accounts.store import Store
 
     store = Store(recipe.platform.db_path)
     if args.action == "create":

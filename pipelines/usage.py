@@ -17,8 +17,8 @@ from recipes.schema import Recipe
 
 def main(recipe: Recipe, args) -> int:
     from pipelines.keys import _table
-    from serving.metering import parse_since, totals, usage_report
-    from serving.store import Store
+    from accounts.usage import parse_since, totals, usage_report
+    from accounts.store import Store
 
     try:
         since = parse_since(args.since)

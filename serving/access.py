@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from recipes.schema import PlatformConfig
-from serving.auth import ANONYMOUS, auth_enabled, authenticate, bearer_token, needs_key
+from accounts.keys import ANONYMOUS, auth_enabled, authenticate, bearer_token, needs_key
 from serving.errors import error_response, forbidden, rate_limited, unauthorized
-from serving.metering import Meter, RequestUsage, UsageRecord
+from accounts.usage import UsageRecord
+from serving.metering import Meter, RequestUsage
 from serving.ratelimit import RateLimiter
-from serving.store import Store
+from accounts.store import Store
 
 log = logging.getLogger("lathe.serving")
 
@@ -68,7 +69,7 @@ class AccessMiddleware:
         caller = Caller(ANONYMOUS, platform.config.anonymous_tier)
         if platform.auth_on and needs_key(platform.config, path):
             token = bearer_token(_header(scope, b"authorization"))
-            key = authenticate(platform.store, token)
+            key = await asyncio.to_thread(authenticate, platform.store, token)  # SQLite, off the event loop
             if key is None:
                 message = ("Missing API key: send it as `Authorization: Bearer <key>` (create one with "
                            "`lathe keys create`)." if token is None else
@@ -115,14 +116,14 @@ class AccessMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             if usage.model is not None:
-                self._bill(caller, usage, scope["path"], time.perf_counter() - started, status)
+                await self._bill(caller, usage, scope["path"], time.perf_counter() - started, status)
 
-    def _bill(self, caller: Caller, usage: RequestUsage, path: str, latency_s: float, status: int) -> None:
+    async def _bill(self, caller: Caller, usage: RequestUsage, path: str, latency_s: float, status: int) -> None:
         platform = self.platform
         if caller.tier:
             platform.limiter.charge(caller.key_id, caller.tier, usage.total_tokens)
         try:
-            platform.meter.record(UsageRecord(key_id=caller.key_id, model=usage.model, endpoint=path,
+            await asyncio.to_thread(platform.meter.record, UsageRecord(key_id=caller.key_id, model=usage.model, endpoint=path,
                                               prompt_tokens=usage.prompt_tokens,
                                               completion_tokens=usage.completion_tokens,
                                               latency_s=latency_s, status=status))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from accounts.keys import active_key_count
 from recipes import LatheError
 from serving.access import AccessMiddleware, Platform
 from serving.batch_worker import BatchWorker
@@ -83,7 +84,7 @@ def _log_auth(platform: Platform) -> None:
         log.info("API keys: off (platform.auth=%s, loopback); usage is metered as '%s'",
                  platform.config.auth, "anonymous")
         return
-    keys = platform.store.row("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")[0]
+    keys = active_key_count(platform.store)
     if keys:
         log.info("API keys: required (%d active, database %s)", keys, platform.store.path)
     else:

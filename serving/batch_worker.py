@@ -23,10 +23,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from serving.access import Caller, Platform
-from serving.batches import ACTIVE, finish, parse_input
+from accounts import batches as rows
+from accounts.keys import key_tier
+from serving.batches import parse_input
 from serving.errors import APIError, as_api_error, invalid_body, invalid_request
-from serving.files import file_content
-from serving.metering import RequestUsage, UsageRecord
+from accounts.files import file_content
+from accounts.usage import UsageRecord
+from serving.metering import RequestUsage
 from serving.state import ServerState
 
 log = logging.getLogger("lathe.serving")
@@ -82,7 +85,7 @@ class BatchWorker:
     async def run_forever(self) -> None:
         config = self.platform.config.batch
         while True:
-            batch_id = self.claim()
+            batch_id = await self.claim()
             if batch_id is None:
                 self.idle.set()
                 await self._sleep(config.poll_interval_s)
@@ -104,48 +107,35 @@ class BatchWorker:
             pass
         wakeup.clear()
 
-    def claim(self, batch_id: str | None = None) -> str | None:
+    async def claim(self, batch_id: str | None = None) -> str | None:
         """Take the oldest active batch nobody holds (or `batch_id`), for one lease."""
-        now = time.time()
-        marks = ", ".join("?" for _ in ACTIVE)
-        only = " AND id = ?" if batch_id else ""
-        with self.store.transaction() as conn:
-            row = conn.execute(
-                f"SELECT id FROM batches WHERE status IN ({marks}) AND (lease_owner IS NULL OR lease_owner = ? OR "
-                f"lease_until < ?){only} ORDER BY seq LIMIT 1",
-                (*ACTIVE, self.id, now, *([batch_id] if batch_id else []))).fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                         (self.id, now + self.platform.config.batch.lease_s, row["id"]))
-            return row["id"]
+        return await asyncio.to_thread(rows.claim, self.store, self.id, self.platform.config.batch.lease_s, batch_id)
 
     async def process(self, batch_id: str) -> None:
         """Run the batch from whatever status it is in to a final one (or until the lease is lost)."""
         while True:
-            batch = self._held(batch_id)
+            batch = await self._held(batch_id)
             if batch is None:
                 return
             status = batch["status"]
             if status in ("validating", "in_progress") and time.time() > batch["expires_at"]:
-                self._end(batch, "expired", expire_pending=True)
+                await self._end(batch, "expired", expire_pending=True)
             elif status == "validating":
                 await self._validate(batch)
             elif status == "in_progress":
                 await self._run_lines(batch)
             elif status == "finalizing":
-                self._end(batch, "completed")
+                await self._end(batch, "completed")
             elif status == "cancelling":
-                self._end(batch, "cancelled")
+                await self._end(batch, "cancelled")
             else:
                 return
 
-    def _held(self, batch_id: str) -> dict[str, Any] | None:
-        row = self.store.row("SELECT * FROM batches WHERE id = ? AND lease_owner = ?", (batch_id, self.id))
-        return dict(row) if row else None
+    async def _held(self, batch_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(rows.held, self.store, batch_id, self.id)
 
     async def _validate(self, batch: dict[str, Any]) -> None:
-        content = file_content(self.store, batch["input_file_id"], batch["owner"])
+        content = await asyncio.to_thread(file_content, self.store, batch["input_file_id"], batch["owner"])
         limits, endpoint = self.platform.config.batch, batch["endpoint"]
         if content is None:
             lines, errors = [], [{"code": "missing_file", "message": "The input file no longer exists.",
@@ -153,28 +143,16 @@ class BatchWorker:
         else:
             lines, line_errors = await asyncio.to_thread(parse_input, content, endpoint, limits)
             errors = [e.as_dict() for e in line_errors]
-        with self.store.transaction() as conn:
-            if conn.execute("SELECT status FROM batches WHERE id = ?", (batch["id"],)).fetchone()[0] != "validating":
-                return  # cancelled meanwhile
-            if errors:
-                conn.execute("UPDATE batches SET status = 'failed', failed_at = ?, errors = ?, lease_owner = NULL "
-                             "WHERE id = ?", (time.time(), json.dumps(errors), batch["id"]))
-                log.info("batch %s failed validation: %s", batch["id"], errors[0]["message"])
-                return
-            conn.executemany("INSERT INTO batch_lines (batch_id, line, custom_id, body) VALUES (?, ?, ?, ?)",
-                             [(batch["id"], ln.line, ln.custom_id, json.dumps(ln.body)) for ln in lines])
-            conn.execute("UPDATE batches SET status = 'in_progress', in_progress_at = ?, total = ? WHERE id = ?",
-                         (time.time(), len(lines), batch["id"]))
+        lines_in = [(ln.line, ln.custom_id, json.dumps(ln.body)) for ln in lines]
+        if await asyncio.to_thread(rows.validated, self.store, batch["id"], lines_in, errors) and errors:
+            log.info("batch %s failed validation: %s", batch["id"], errors[0]["message"])
 
     async def _run_lines(self, batch: dict[str, Any]) -> None:
-        caller = self._caller(batch["owner"])
-        pending = self.store.rows(
-            "SELECT l.line, l.custom_id, l.body FROM batch_lines l LEFT JOIN batch_results r ON "
-            "r.batch_id = l.batch_id AND r.custom_id = l.custom_id WHERE l.batch_id = ? AND r.custom_id IS NULL "
-            "ORDER BY l.line", (batch["id"],))
+        caller = await self._caller(batch["owner"])
+        pending = await asyncio.to_thread(rows.pending_lines, self.store, batch["id"])
         for line in pending:
             while True:
-                current = self._held(batch["id"])
+                current = await self._held(batch["id"])
                 if current is None or current["status"] != "in_progress" or time.time() > current["expires_at"]:
                     return  # cancelled, expired or taken over: process() handles it
                 if not await self._my_turn(caller):
@@ -183,9 +161,8 @@ class BatchWorker:
                 if not outcome.retry:
                     break
                 await asyncio.sleep(0.5)
-            self._store_result(batch, caller, line, outcome)
-        self.store.execute("UPDATE batches SET status = 'finalizing', finalizing_at = ? WHERE id = ? AND "
-                           "status = 'in_progress'", (time.time(), batch["id"]))
+            await self._store_result(batch, caller, line, outcome)
+        await asyncio.to_thread(rows.mark_finalizing, self.store, batch["id"])
 
     async def _my_turn(self, caller: Caller) -> bool:
         """True when a line may start now: the model is ready, no online request is in flight, and the
@@ -202,7 +179,7 @@ class BatchWorker:
             return False
         return True
 
-    def _store_result(self, batch: dict[str, Any], caller: Caller, line, outcome: LineOutcome) -> None:
+    async def _store_result(self, batch: dict[str, Any], caller: Caller, line, outcome: LineOutcome) -> None:
         usage = outcome.usage
         record = None
         if usage.model is not None:
@@ -210,40 +187,22 @@ class BatchWorker:
                                  prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                                  latency_s=outcome.latency_s, status=outcome.status_code, batch=True,
                                  batch_id=batch["id"])
-        cost = 0.0
-        with self.store.transaction() as conn:
-            inserted = conn.execute(
-                "INSERT OR IGNORE INTO batch_results (batch_id, custom_id, line, id, status_code, response) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (batch["id"], line["custom_id"], line["line"],
-                                              f"batch_req_{secrets.token_hex(12)}", outcome.status_code,
-                                              json.dumps(outcome.body))).rowcount
-            if inserted and record is not None:  # another worker's result came first: bill nothing twice
-                cost = self.platform.meter.insert(conn, record)
-            conn.execute("UPDATE batches SET lease_until = ? WHERE id = ? AND lease_owner = ?",
-                         (time.time() + self.platform.config.batch.lease_s, batch["id"], self.id))
+        cost = self.platform.meter.cost(record.model, record.prompt_tokens, record.completion_tokens, True) if record else 0.0
+        inserted = await asyncio.to_thread(rows.store_result, self.store, batch["id"], self.id,
+                                           self.platform.config.batch.lease_s, line, outcome.status_code, outcome.body,
+                                           (record, cost) if record else None)
         if record is not None and inserted:
             self.platform.meter.observe(record, cost)
             if caller.tier:
                 self.platform.limiter.charge(caller.key_id, caller.tier, usage.total_tokens, "batch")
 
-    def _end(self, batch: dict[str, Any], final: str, expire_pending: bool = False) -> None:
-        with self.store.transaction() as conn:
-            current = conn.execute("SELECT status, lease_owner FROM batches WHERE id = ?", (batch["id"],)).fetchone()
-            if current["lease_owner"] != self.id or current["status"] != batch["status"]:
-                return  # changed meanwhile (e.g. cancelled): process() looks again
-            if expire_pending:
-                error = json.dumps({"code": "batch_expired",
-                                    "message": "This request was not run before the batch's completion_window ended."})
-                conn.execute(
-                    "INSERT OR IGNORE INTO batch_results (batch_id, custom_id, line, id, status_code, error) "
-                    "SELECT batch_id, custom_id, line, 'batch_req_' || lower(hex(randomblob(12))), NULL, ? "
-                    "FROM batch_lines WHERE batch_id = ?", (error, batch["id"]))
-            finish(conn, batch, final)
-        log.info("batch %s %s", batch["id"], final)
+    async def _end(self, batch: dict[str, Any], final: str, expire_pending: bool = False) -> None:
+        if await asyncio.to_thread(rows.end, self.store, batch, self.id, final, expire_pending):  # else changed meanwhile: process() looks again
+            log.info("batch %s %s", batch["id"], final)
 
-    def _caller(self, owner: str) -> Caller:
+    async def _caller(self, owner: str) -> Caller:
         config = self.platform.config
-        row = self.store.row("SELECT tier FROM api_keys WHERE id = ?", (owner,))
-        if row is None:  # anonymous (auth off) or `lathe batch run`
+        tier = await asyncio.to_thread(key_tier, self.store, owner)
+        if tier is None:  # anonymous (auth off) or `lathe batch run`
             return Caller(owner, config.anonymous_tier)
-        return Caller(owner, row["tier"] if row["tier"] in config.tiers else config.default_tier)
+        return Caller(owner, tier if tier in config.tiers else config.default_tier)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from recipes.events import EventReader
 from recipes.stages import JOB_STAGES
 from serving.fine_tuning import progress, workspace
-from serving.fine_tuning.store import add_event, sync_checkpoints, update_job
+from accounts.jobs import add_event, sync_checkpoints, update_job
 
 if TYPE_CHECKING:
     from serving.fine_tuning.service import FineTuningService

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from recipes import LatheError
 from serving.errors import invalid_request, not_found
-from serving.files import FINE_TUNE_PURPOSE, file_content, get_file
+from accounts.files import FINE_TUNE_PURPOSE, file_content, get_file
 from serving.fine_tuning import workspace
 from serving.fine_tuning.progress import finished_checkpoints
 from serving.fine_tuning.request import CreateJob, job_spec
 from serving.fine_tuning.runner import EVENTS_FILE, JobRun, kill_stale_stage, training_stage
-from serving.fine_tuning.store import (ACTIVE, FINISHED, add_event, create_tables, get_job, insert_job,
+from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, get_job, insert_job,
                                        jobs_with_status, new_job_id, sync_checkpoints, update_job)
-from serving.metering import UsageRecord
+from accounts.usage import UsageRecord
 
 if TYPE_CHECKING:
     from serving.access import Platform
@@ -58,7 +58,6 @@ class FineTuningService:
         self.runs: dict[str, tuple[JobRun, asyncio.Task, str]] = {}
         self.wakeup = asyncio.Event()
         self._tracking_uri: str | None = None
-        create_tables(self.store)
         self.base_recipe = workspace.base_recipe(self.settings.base_recipe, self.project_root)
 
     def workspace(self, job_id: str) -> Path:
@@ -302,14 +301,9 @@ class FineTuningService:
         """Charge the trained tokens to the job's key once (a resumed job is not billed twice)."""
         cost = tokens * self.settings.price_per_million_tokens / 1e6
         record = UsageRecord(key_id=job["owner"], model=job["fine_tuned_model"], endpoint=ENDPOINT,
-                             prompt_tokens=tokens, completion_tokens=0, latency_s=seconds, status=200)
-        with self.store.transaction() as conn:
-            if not conn.execute("UPDATE fine_tuning_jobs SET trained_tokens = ? WHERE id = ? AND "
-                                "trained_tokens IS NULL", (tokens, job["id"])).rowcount:
-                return
-            conn.execute("INSERT INTO usage (at, key_id, model, endpoint, prompt_tokens, completion_tokens, latency_s, "
-                         "batch, batch_id, status, cost_usd) VALUES (?, ?, ?, ?, ?, 0, ?, 0, NULL, 200, ?)",
-                         (record.at, record.key_id, record.model, ENDPOINT, tokens, seconds, cost))
+                             prompt_tokens=tokens, completion_tokens=0, latency_s=seconds, status=200, job_id=job["id"])
+        if not bill_job(self.store, job["id"], record, cost):
+            return
         self.platform.meter.observe(record, cost)
         add_event(self.store, job["id"], f"Billed {tokens} trained tokens (${cost:.6f})")
 

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict
 
 from serving.access import Platform, get_caller, get_platform
-from serving.batches import batch_object, create_batch, get_batch, list_batches, request_cancel
+from accounts.batches import batch_object, get_batch, list_batches
+from serving.batches import create_batch, request_cancel
 from serving.errors import not_found
 from serving.protocol import ValidUnicodeBody
 

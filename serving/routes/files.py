@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from serving.access import Platform, get_caller, get_platform
 from serving.errors import invalid_request, not_found
-from serving.files import FINE_TUNE_PURPOSE, UPLOAD_PURPOSES, file_content, file_object, get_file, list_files, save_file
+from accounts.files import FINE_TUNE_PURPOSE, UPLOAD_PURPOSES, file_content, file_object, get_file, list_files, save_file
 
 router = APIRouter()
 

@@ -11,7 +11,7 @@ from serving.access import get_caller
 from serving.errors import not_found
 from serving.fine_tuning.request import CreateJob
 from serving.fine_tuning.service import FineTuningService
-from serving.fine_tuning.store import checkpoint_object, event_object, get_job, job_object, list_object, page
+from accounts.jobs import checkpoint_object, event_object, get_job, job_object, list_object, page
 
 router = APIRouter()
 

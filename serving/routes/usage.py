@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from serving.access import Platform, get_caller, get_platform
 from serving.errors import invalid_request
-from serving.metering import GroupBy, parse_since, totals, usage_report
+from accounts.usage import GroupBy, parse_since, totals, usage_report
 
 router = APIRouter()
 

@@ -95,8 +95,8 @@ def _bad_request(call) -> dict:
 @pytest.fixture
 def keys(tmp_path):
     from recipes.schema import PlatformConfig
-    from serving.auth import create_key
-    from serving.store import Store
+    from accounts.keys import create_key
+    from accounts.store import Store
 
     store = Store(tmp_path / "platform.db")
     try:

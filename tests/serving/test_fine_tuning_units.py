@@ -179,11 +179,10 @@ def test_a_stage_failure_is_reported_by_its_own_error_event_else_with_its_last_l
 
 
 def test_the_checkpoint_list_follows_the_disk_and_the_events_keep_the_history(tmp_path):
-    from serving.fine_tuning.store import create_tables, page, sync_checkpoints
-    from serving.store import Store
+    from accounts.jobs import page, sync_checkpoints
+    from accounts.store import Store
 
     store = Store(tmp_path / "platform.db")
-    create_tables(store)
 
     def ckpt(step):
         return progress.Checkpoint("sft", step, tmp_path / f"checkpoint-{step}", {"train_loss": 1.0})

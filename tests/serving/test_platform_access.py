@@ -13,8 +13,8 @@ import pytest
 
 from pipelines.cli import main as lathe
 from recipes.schema import PlatformConfig
-from serving.auth import create_key, revoke_key
-from serving.store import Store
+from accounts.keys import create_key, revoke_key
+from accounts.store import Store
 from tests.serving.conftest import MODEL_NAME, running_server
 
 HELLO = [{"role": "user", "content": "Say hello."}]

@@ -8,11 +8,12 @@ import pytest
 
 from recipes import LatheError
 from recipes.schema import BatchConfig, PlatformConfig
-from serving.auth import auth_enabled, authenticate, create_key, list_keys, revoke_key
+from accounts.keys import auth_enabled, authenticate, create_key, list_keys, revoke_key
 from serving.batches import parse_input
-from serving.metering import Meter, UsageRecord, parse_since, usage_report
+from accounts.usage import UsageRecord, parse_since, usage_report
+from serving.metering import Meter
 from serving.ratelimit import RateLimiter, duration
-from serving.store import Store
+from accounts.store import Store
 
 CHAT = "/v1/chat/completions"
 

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from typing import Any
 
-from serving.store import Store
+from accounts.store import Store
 
 UPLOAD_PURPOSES = ("batch", "batch-api")  # OpenAI's and Together's names for a batch input file
 FINE_TUNE_PURPOSE = "fine-tune"  # a training or validation file of a fine-tuning job (OpenAI and Together)

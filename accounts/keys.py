@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from recipes import LatheError
 from recipes.schema import PlatformConfig
-from serving.store import Store
+from accounts.store import Store
 
 PREFIX = "lathe"
 ANONYMOUS = "anonymous"  # who calls when auth is off
@@ -104,6 +104,16 @@ def authenticate(store: Store, token: str | None) -> ApiKey | None:
     if row is None or not matches or row["revoked_at"] is not None:
         return None
     return ApiKey(id=row["id"], name=row["name"], tier=row["tier"], created_at=row["created_at"])
+
+
+def key_tier(store: Store, key_id: str) -> str | None:
+    """The tier of key `key_id`; None for a caller without a key (anonymous, `lathe batch run`)."""
+    row = store.row("SELECT tier FROM api_keys WHERE id = ?", (key_id,))
+    return row["tier"] if row else None
+
+
+def active_key_count(store: Store) -> int:
+    return store.row("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")[0]
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -1,4 +1,5 @@
-"""The platform's SQLite database: API keys, usage records, files and batches.
+"""The platform's SQLite database: API keys, usage records, files, batches and fine-tuning jobs' rows, with
+versioned migrations (`MIGRATIONS`, `PRAGMA user_version`), so a new column reaches an existing `platform.db`.
 
 One file (`platform.db_path`), so keys, usage and batches survive a restart, and a batch killed
 mid-way resumes from what was committed. WAL journal: readers (the CLI, GET /v1/usage) never block
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 
 from recipes import LatheError
 
-SCHEMA = """
+PLATFORM_V1 = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,                 -- the public part of the key, shown by `lathe keys list`
     name TEXT NOT NULL,
@@ -44,7 +45,7 @@ CREATE INDEX IF NOT EXISTS usage_by_time ON usage(at);
 CREATE INDEX IF NOT EXISTS usage_by_key ON usage(key_id, at);
 CREATE TABLE IF NOT EXISTS files (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,             -- opaque; never a path
+    id TEXT NOT NULL UNIQUE,             -- opaque, never a path
     owner TEXT NOT NULL,
     filename TEXT NOT NULL,
     purpose TEXT NOT NULL,
@@ -92,6 +93,85 @@ CREATE TABLE IF NOT EXISTS batch_results (   -- a row here IS the progress marke
 );
 """
 
+JOBS_V1 = """
+CREATE TABLE IF NOT EXISTS fine_tuning_jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,                 -- the key that created it ('anonymous' when auth is off)
+        model TEXT NOT NULL,                 -- the served base model's name
+        base_model_dir TEXT NOT NULL,        -- the directory that base was loaded from (the adapter's base)
+        training_file TEXT NOT NULL,
+        validation_file TEXT,
+        spec TEXT NOT NULL,                  -- JSON: method + requested settings (request.job_spec)
+        suffix TEXT,
+        seed INTEGER NOT NULL,
+        metadata TEXT,
+        status TEXT NOT NULL,                -- validating_files, queued, running, succeeded, failed, cancelled
+        stage TEXT,                          -- the pipeline stage running now (or when the server stopped)
+        done_stages TEXT NOT NULL DEFAULT '[]',
+        pid INTEGER,                         -- the stage process (and process group) while one runs
+        error TEXT,                          -- JSON {code, message, param} when failed
+        fine_tuned_model TEXT NOT NULL,      -- the name it is served under once it succeeded
+        registered TEXT,                     -- JSON {name, version} in the MLflow registry
+        adapter_dir TEXT,                    -- the trained LoRA adapter (served as fine_tuned_model)
+        trained_tokens INTEGER,              -- set once, when the tokens are billed
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+CREATE TABLE IF NOT EXISTS fine_tuning_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        type TEXT NOT NULL,                  -- message or metrics
+        data TEXT
+    );
+CREATE INDEX IF NOT EXISTS fine_tuning_events_by_job ON fine_tuning_events(job_id, seq);
+CREATE TABLE IF NOT EXISTS fine_tuning_checkpoints (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (job_id, stage, step)
+    );
+"""
+
+# Versioned migrations, applied in order; `PRAGMA user_version` is the number applied. Never edit one that
+# has shipped: add the next. 1 and 2 are the schema as it was before versions were recorded (main f381ee4 made
+# it without a version), written IF NOT EXISTS, so such a database takes them as no-ops and then the rest.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("platform tables: keys, usage, files, batches", PLATFORM_V1),
+    ("fine-tuning jobs, events, checkpoints", JOBS_V1),
+    ("usage names the fine-tuning job a row bills", "ALTER TABLE usage ADD COLUMN job_id TEXT;"),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations `conn`'s database has not had yet, each in its own transaction; its version after."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise LatheError(f"platform database is at schema version {version}, newer than this Lathe's "
+                         f"{SCHEMA_VERSION}: upgrade Lathe (or point platform.db_path at another file)")
+    for number, (_, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, sql.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return SCHEMA_VERSION
+
 
 class Store:
     def __init__(self, path: str | Path) -> None:
@@ -103,7 +183,7 @@ class Store:
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-            self._conn.executescript(SCHEMA)
+            migrate(self._conn)
         except (OSError, sqlite3.Error) as exc:
             raise LatheError(f"platform database {self.path}: cannot open it ({exc}). Set platform.db_path "
                              "to a writable file.") from exc

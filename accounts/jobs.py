@@ -1,4 +1,4 @@
-"""Fine-tuning jobs, their events and checkpoints, as tables of the platform's SQLite database.
+"""Fine-tuning jobs, their events and checkpoints: rows of the platform's database (tables: accounts/store.py).
 
 Everything a restarted server needs is here: the job's status, the stage it was running (and the
 process running it), the stages already done, and whether its tokens were billed. The API objects
@@ -12,66 +12,21 @@ import secrets
 import time
 from typing import Any
 
-from serving.store import Store
-
-TABLES = (
-    """CREATE TABLE IF NOT EXISTS fine_tuning_jobs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        owner TEXT NOT NULL,                 -- the key that created it ('anonymous' when auth is off)
-        model TEXT NOT NULL,                 -- the served base model's name
-        base_model_dir TEXT NOT NULL,        -- the directory that base was loaded from (the adapter's base)
-        training_file TEXT NOT NULL,
-        validation_file TEXT,
-        spec TEXT NOT NULL,                  -- JSON: method + requested settings (request.job_spec)
-        suffix TEXT,
-        seed INTEGER NOT NULL,
-        metadata TEXT,
-        status TEXT NOT NULL,                -- validating_files, queued, running, succeeded, failed, cancelled
-        stage TEXT,                          -- the pipeline stage running now (or when the server stopped)
-        done_stages TEXT NOT NULL DEFAULT '[]',
-        pid INTEGER,                         -- the stage process (and process group) while one runs
-        error TEXT,                          -- JSON {code, message, param} when failed
-        fine_tuned_model TEXT NOT NULL,      -- the name it is served under once it succeeded
-        registered TEXT,                     -- JSON {name, version} in the MLflow registry
-        adapter_dir TEXT,                    -- the trained LoRA adapter (served as fine_tuned_model)
-        trained_tokens INTEGER,              -- set once, when the tokens are billed
-        created_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL
-    )""",
-    """CREATE TABLE IF NOT EXISTS fine_tuning_events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        job_id TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL,
-        type TEXT NOT NULL,                  -- message or metrics
-        data TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS fine_tuning_events_by_job ON fine_tuning_events(job_id, seq)",
-    """CREATE TABLE IF NOT EXISTS fine_tuning_checkpoints (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        job_id TEXT NOT NULL,
-        stage TEXT NOT NULL,
-        step INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        metrics TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        UNIQUE (job_id, stage, step)
-    )""",
-)
+from accounts.store import Store
+from accounts.usage import UsageRecord, write_usage
 
 ACTIVE = ("validating_files", "queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-def create_tables(store: Store) -> None:
+def bill_job(store: Store, job_id: str, record: UsageRecord, cost: float) -> bool:
+    """Record the job's trained tokens and bill them, once: False if it was billed already (a resumed job)."""
     with store.transaction() as conn:
-        for statement in TABLES:
-            conn.execute(statement)
+        if not conn.execute("UPDATE fine_tuning_jobs SET trained_tokens = ? WHERE id = ? AND trained_tokens IS NULL",
+                            (record.prompt_tokens, job_id)).rowcount:
+            return False
+        write_usage(conn, record, cost)
+    return True
 
 
 def new_job_id() -> str:

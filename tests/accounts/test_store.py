@@ -1,0 +1,68 @@
+"""Versioned migrations: a platform.db made by main f381ee4 (its schema, verbatim, in fixtures/) is upgraded in
+place with its rows kept; a new database gets every migration; a database from a newer Lathe is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from accounts import jobs, keys
+from accounts.store import SCHEMA_VERSION, Store
+from accounts.usage import UsageRecord, usage_report
+from recipes import LatheError
+from recipes.schema import PlatformConfig
+
+FIXTURE = Path(__file__).parent / "fixtures" / "platform_f381ee4.sql"
+
+
+def _old_database(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(FIXTURE.read_text())
+    conn.execute("INSERT INTO api_keys VALUES ('key1', 'ci', 'free', 'x', 1.0, NULL)")
+    conn.execute("INSERT INTO usage (at, key_id, model, endpoint, prompt_tokens, completion_tokens, latency_s, batch, "
+                 "batch_id, status, cost_usd) VALUES (2.0, 'key1', 'lathe', '/v1/chat/completions', 10, 5, 0.1, 0, NULL, "
+                 "200, 0.001)")
+    conn.execute("INSERT INTO fine_tuning_jobs (id, owner, model, base_model_dir, training_file, spec, seed, status, "
+                 "fine_tuned_model, created_at) VALUES ('ftjob-1', 'key1', 'lathe', '/m', 'file-1', '{}', 1, "
+                 "'succeeded', 'lathe:ft-1', 3.0)")
+    conn.commit()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    conn.close()
+
+
+def _columns(store: Store, table: str) -> list[str]:
+    return [row["name"] for row in store.rows(f"PRAGMA table_info({table})")]
+
+
+def test_a_database_made_by_f381ee4_is_upgraded_in_place_with_its_rows(tmp_path):
+    db = tmp_path / "platform.db"
+    _old_database(db)
+    store = Store(db)
+    assert store.row("PRAGMA user_version")[0] == SCHEMA_VERSION
+    assert "job_id" in _columns(store, "usage")  # the column added since reaches the existing file
+    assert [k.id for k in keys.list_keys(store)] == ["key1"]
+    assert usage_report(store, None, "key")[0]["prompt_tokens"] == 10
+    # The upgraded database takes the new writes: a job's bill names its job.
+    record = UsageRecord(key_id="key1", model="lathe:ft-1", endpoint="/v1/fine_tuning/jobs", prompt_tokens=7,
+                         completion_tokens=0, latency_s=1.0, status=200, job_id="ftjob-1")
+    assert jobs.bill_job(store, "ftjob-1", record, 0.5) and not jobs.bill_job(store, "ftjob-1", record, 0.5)
+    assert store.row("SELECT job_id, cost_usd FROM usage WHERE job_id IS NOT NULL")[:] == ("ftjob-1", 0.5)
+    store.close()
+    again = Store(db)  # opening again changes nothing
+    assert again.row("PRAGMA user_version")[0] == SCHEMA_VERSION and len(again.rows("SELECT * FROM usage")) == 2
+    again.close()
+
+
+def test_a_new_database_has_every_table_and_a_newer_one_is_refused(tmp_path):
+    store = Store(tmp_path / "new.db")
+    tables = {row["name"] for row in store.rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"api_keys", "usage", "files", "batches", "batch_lines", "batch_results", "fine_tuning_jobs",
+            "fine_tuning_events", "fine_tuning_checkpoints"} <= tables
+    key, secret = keys.create_key(store, "ci", "build", PlatformConfig())
+    assert keys.authenticate(store, secret).id == key.id
+    store.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store.close()
+    with pytest.raises(LatheError, match="newer than this Lathe's"):
+        Store(tmp_path / "new.db")
