@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from accounts.store import Store
@@ -27,6 +29,17 @@ def bill_job(store: Store, job_id: str, record: UsageRecord, cost: float) -> boo
             return False
         write_usage(conn, record, cost)
     return True
+
+
+def succeeded_adapters(db: Path, base_model_dir: str) -> list[tuple[str, str]]:
+    """(fine_tuned_model, adapter dir) of the succeeded jobs trained on `base_model_dir`, read-only (before a
+    server opens the database for writing); [] when the database has no jobs table yet."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT fine_tuned_model, adapter_dir FROM fine_tuning_jobs WHERE status = 'succeeded' "
+                                "AND base_model_dir = ? ORDER BY seq", (base_model_dir,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
 
 
 def new_job_id() -> str:

@@ -37,7 +37,11 @@ def main(recipe: Recipe, args) -> int:
         model_ref=ref if follows_registry else None,
         registry_model_name=recipe.registry.model_name if follows_registry else None,
         watch_interval_s=cfg.watch_interval_s, engine=cfg.engine, max_queue=cfg.max_queue,
-        torch_threads=cfg.torch_threads, drain_timeout_s=cfg.drain_timeout_s, platform=recipe.platform,
-        fine_tuning=cfg.fine_tuning)
-    run(settings)
+        torch_threads=cfg.torch_threads, drain_timeout_s=cfg.drain_timeout_s, platform=recipe.platform)
+    planes = []
+    if cfg.fine_tuning.enabled:  # the fine-tuning jobs plane (jobs/), off unless the recipe turns it on
+        from jobs.plane import JobsPlane
+
+        planes.append(JobsPlane(cfg.fine_tuning))
+    run(settings, planes)
     return 0

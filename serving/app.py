@@ -15,33 +15,52 @@ import logging
 import signal
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Protocol, Sequence
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from accounts.keys import active_key_count
 from recipes import LatheError
 from serving.access import AccessMiddleware, Platform
 from serving.batch_worker import BatchWorker
 from serving.errors import install_error_handlers
-from serving.fine_tuning.service import FineTuningService, restore_adapters
 from serving.settings import ServerSettings
 from serving.state import ServerState, new_served_model
 
 log = logging.getLogger("lathe.serving")
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+class PlaneService(Protocol):
+    async def run_forever(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class Plane(Protocol):
+    """Work a server runs beside inference (the fine-tuning jobs plane, jobs/): its routes, the adapters it serves
+    from the start, and its background service. serving/ knows this interface, never what implements it."""
+
+    name: str
+    """The app.state attribute its routes find the service under."""
+    router: APIRouter
+
+    def adapters(self, settings: ServerSettings) -> dict[str, Path]: ...
+    def start(self, settings: ServerSettings, state: ServerState, platform: Platform) -> PlaneService: ...
+
+
+def create_app(settings: ServerSettings, planes: Sequence[Plane] = ()) -> FastAPI:
     _check_model_dir(settings.model_dir)
     from serving.routes import ROUTERS
     from serving.watcher import AliasWatcher
 
-    settings.adapters.update(restore_adapters(settings))  # earlier fine-tuning jobs' models load with the base
-    served = new_served_model(settings, Path(settings.model_dir))
+    pool = dict(settings.adapters)
+    for plane in planes:
+        pool.update(plane.adapters(settings))  # e.g. earlier fine-tuning jobs' models load with the base
+    served = new_served_model(settings, Path(settings.model_dir), pool)
     watcher = AliasWatcher.for_settings(settings)
-    state = ServerState(settings, served)
+    state = ServerState(settings, served, pool)
     platform = Platform(settings.platform, settings.host, state.metrics)
     batch_worker = BatchWorker(state, platform)
-    fine_tuning = FineTuningService(settings, state, platform) if settings.fine_tuning.enabled else None
+    services = {plane.name: plane.start(settings, state, platform) for plane in planes}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -50,14 +69,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         tasks = [asyncio.create_task(_load(served.engine)), asyncio.create_task(batch_worker.run_forever())]
         if watcher is not None:
             tasks.append(asyncio.create_task(watcher.follow(state)))
-        if fine_tuning is not None:
-            tasks.append(asyncio.create_task(fine_tuning.run_forever()))
+        tasks += [asyncio.create_task(service.run_forever()) for service in services.values()]
         try:
             yield
         finally:
             state.draining = True
-            if fine_tuning is not None:
-                await fine_tuning.aclose()  # stops running stages; their jobs resume at the next start
+            for service in services.values():
+                await service.aclose()  # e.g. stops running training stages; their jobs resume at the next start
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -68,9 +86,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.lathe = state
     app.state.platform = platform
     app.state.batch_worker = batch_worker
-    app.state.fine_tuning = fine_tuning
+    for name, service in services.items():
+        setattr(app.state, name, service)
     install_error_handlers(app)
-    for router in ROUTERS:
+    for router in [*ROUTERS, *(plane.router for plane in planes)]:
         app.include_router(router)
 
     app.add_middleware(AccessMiddleware, platform=platform)  # keys, rate limits, metering
@@ -131,12 +150,12 @@ def _check_model_dir(model_dir: Path) -> None:
                          "save_pretrained, or a registry alias that resolves to one.")
 
 
-def run(settings: ServerSettings) -> None:
+def run(settings: ServerSettings, planes: Sequence[Plane] = ()) -> None:
     """Serve until SIGTERM / Ctrl-C (blocking), then drain and return."""
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, planes)
     print(f"Lathe serving {settings.model_name} from {settings.model_dir} on "
           f"http://{settings.host}:{settings.port}/v1", flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

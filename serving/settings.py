@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from recipes.schema import FineTuningConfig, PlatformConfig
+from recipes.schema import PlatformConfig
 
 
 class ServerSettings(BaseModel):
@@ -63,9 +63,6 @@ class ServerSettings(BaseModel):
     platform: PlatformConfig = Field(
         default_factory=PlatformConfig, description="API keys, rate-limit tiers, usage prices and the Batch API "
         "(the recipe's `platform` section; its SQLite database keeps them across restarts).")
-    fine_tuning: FineTuningConfig = Field(
-        default_factory=FineTuningConfig, description="The fine-tuning jobs API (the recipe's `serve.fine_tuning`; "
-        "off unless enabled): base recipe, job workspaces, concurrency, price per million trained tokens.")
 
     @model_validator(mode="after")
     def _check_adapters(self):

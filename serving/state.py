@@ -30,15 +30,15 @@ class ServedModel:
     model_dir: Path
     version: str | None = None  # the registry version, when the server follows an alias
     adapters: dict[str, Path] = field(default_factory=dict)
-    """The LoRA adapters loaded on this engine, by served name: those of `settings.adapters` that fit its base."""
+    """The LoRA adapters loaded on this engine, by served name: those of the state's adapter pool that fit its base."""
     users: int = 0  # admitted requests that use this engine
     retired: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def new_served_model(settings: ServerSettings, model_dir: Path, version: str | None = None) -> ServedModel:
-    """An engine for `model_dir` (not loaded yet) with those of the configured adapters that fit that base:
-    the same rule at start-up and at every hot swap."""
-    adapters = adapters_for_base(settings.adapters, model_dir)
+def new_served_model(settings: ServerSettings, model_dir: Path, pool: dict[str, Path], version: str | None = None) -> ServedModel:
+    """An engine for `model_dir` (not loaded yet) with those of the adapter pool (the configured adapters and
+    those a plane added, e.g. fine-tuned ones) that fit that base: the same rule at start-up and at every hot swap."""
+    adapters = adapters_for_base(pool, model_dir)
     return ServedModel(create_engine(settings, model_dir, adapters), Path(model_dir), version, adapters=adapters)
 
 
@@ -53,9 +53,11 @@ class Admission:
 
 
 class ServerState:
-    def __init__(self, settings: ServerSettings, served: ServedModel) -> None:
-        self.settings = settings
+    def __init__(self, settings: ServerSettings, served: ServedModel, adapter_pool: dict[str, Path] | None = None) -> None:
+        self.settings = settings  # never changed after start: what changes at run time lives here
         self.served = served
+        self.adapter_pool = dict(settings.adapters if adapter_pool is None else adapter_pool)
+        """Every adapter this server may serve, by name (an engine loads those that fit its base)."""
         self.queue = AdmissionQueue(settings.max_queue)
         self.draining = False
         self.metrics = ServerMetrics(running=lambda: self.served.engine.num_running,

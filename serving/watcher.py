@@ -70,13 +70,13 @@ class AliasWatcher:
             version = await asyncio.to_thread(self.current_version)
             if version is None or version == state.served.version or version == self._skipped:
                 continue
-            served = await self._load(version)
+            served = await self._load(version, state.adapter_pool)
             if served is not None and not state.draining:
                 task = asyncio.create_task(state.swap(served))  # waits for the old model's last request
                 swaps.add(task)
                 task.add_done_callback(swaps.discard)
 
-    async def _load(self, version: str):
+    async def _load(self, version: str, pool: dict):
         from registry.models import resolve
         from serving.state import new_served_model
 
@@ -84,7 +84,7 @@ class AliasWatcher:
         served = None
         try:
             model_dir = Path(await asyncio.to_thread(resolve, f"models:/{self.name}/{version}"))
-            served = new_served_model(self.settings, model_dir, version)
+            served = new_served_model(self.settings, model_dir, pool, version)
             await served.engine.load()
         except Exception:  # noqa: BLE001 - keep serving the current version
             log.exception("version %s of %s could not be loaded; still serving the previous one", version, self.name)

@@ -1,6 +1,5 @@
 """HTTP routes, one module per endpoint family. `ROUTERS` is what the app mounts."""
 
-from serving.routes import batches, chat, completions, files, fine_tuning, health, models, usage
+from serving.routes import batches, chat, completions, files, health, models, usage
 
-ROUTERS = (health.router, models.router, chat.router, completions.router, files.router, batches.router, usage.router,
-           fine_tuning.router)
+ROUTERS = (health.router, models.router, chat.router, completions.router, files.router, batches.router, usage.router)

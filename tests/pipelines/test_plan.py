@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from pipelines import memory as estimator
 from pipelines import plan as planner
-from pipelines.plan import GIB, KNOWN_CONFIGS, Hardware, ModelShape, Workload, Zero
+from pipelines.memory import GIB, KNOWN_CONFIGS, Hardware, ModelShape, Workload, Zero
 from recipes import LatheError, load_recipe
 from recipes.loader import RECIPES_DIR
 
@@ -72,11 +73,11 @@ def test_model_states_equal_deepspeeds_estimators(gpus_per_node, nodes):
         shape = ModelShape.from_config("m", cfg)
         total, largest = shape.total_params(), shape.largest_layer_params()
         for offload in (False, True):
-            assert planner.zero2_model_states(total, gpus_per_node, nodes, offload) == \
+            assert estimator.zero2_model_states(total, gpus_per_node, nodes, offload) == \
                 estimate_zero2_model_states_mem_needs(total, gpus_per_node, nodes, cpu_offload=offload)
             for offload_params in (False, True):
                 for zero_init in (False, True):
-                    ours = planner.zero3_model_states(total, largest, gpus_per_node, nodes, offload, offload_params,
+                    ours = estimator.zero3_model_states(total, largest, gpus_per_node, nodes, offload, offload_params,
                                                       zero_init)
                     theirs = estimate_zero3_model_states_mem_needs(total, largest, gpus_per_node, nodes, offload,
                                                                    offload_params, zero_init)
@@ -85,8 +86,8 @@ def test_model_states_equal_deepspeeds_estimators(gpus_per_node, nodes):
 
 def test_full_finetuning_plan_reports_deepspeeds_zero3_numbers():
     recipe = load_recipe("llama-3.1-8b-lora", ["sft.method=full", "preference.enabled=false", "distributed.deepspeed=zero3"])
-    shape = planner.model_shape(recipe)
-    _, gpu = planner.zero3_model_states(shape.total_params(), shape.largest_layer_params(), 8, 1, False, False)
+    shape = estimator.model_shape(recipe)
+    _, gpu = estimator.zero3_model_states(shape.total_params(), shape.largest_layer_params(), 8, 1, False, False)
     sft = planner.plan(recipe, "8xH100-80GB").stages[0]
     assert sft.zero == "ZeRO-3" and sft.per_gpu_gib["model_states"] == round(gpu / GIB, 2)
 
@@ -95,12 +96,12 @@ def test_activations_follow_korthikanti_with_and_without_checkpointing():
     shape = ModelShape.from_config("llama", KNOWN_CONFIGS["meta-llama/llama-3.1-8b-instruct"])
     s, b, h, L, V = 4096, 2, 4096, 32, 128256
     work = Workload("sft", "lora", batch_size=b, grad_accum=1, seq_len=s, checkpointing=False)
-    full = planner.activation_bytes(shape, work)
+    full = estimator.activation_bytes(shape, work)
     assert full["activations"] == L * 34 * s * b * h
-    assert full["logits"] == s * b * V * planner.LOGIT_BYTES
-    ckpt = planner.activation_bytes(shape, Workload("sft", "lora", b, 1, s, checkpointing=True))
+    assert full["logits"] == s * b * V * estimator.LOGIT_BYTES
+    ckpt = estimator.activation_bytes(shape, Workload("sft", "lora", b, 1, s, checkpointing=True))
     assert ckpt["activations"] == L * 2 * s * b * h + 34 * s * b * h
-    dpo = planner.activation_bytes(shape, Workload("preference", "lora", b, 1, s, True, sequences_per_row=2))
+    dpo = estimator.activation_bytes(shape, Workload("preference", "lora", b, 1, s, True, sequences_per_row=2))
     assert dpo["activations"] == 2 * ckpt["activations"]
 
 
@@ -108,11 +109,11 @@ def test_qlora_and_zero3_shrink_the_frozen_base():
     shape = ModelShape.from_config("qwen", KNOWN_CONFIGS["qwen/qwen2.5-14b-instruct"])
     hw = Hardware(8, 1, "H100-80GB", 80)
     lora = Workload("sft", "lora", 1, 1, 1024, True)
-    base16 = planner.model_state_bytes(shape, lora, hw, Zero(2))[0]["base_weights"]
+    base16 = estimator.model_state_bytes(shape, lora, hw, Zero(2))[0]["base_weights"]
     assert base16 == 2 * shape.total_params()
-    base4 = planner.model_state_bytes(shape, Workload("sft", "qlora", 1, 1, 1024, True), hw, Zero(2))[0]["base_weights"]
+    base4 = estimator.model_state_bytes(shape, Workload("sft", "qlora", 1, 1, 1024, True), hw, Zero(2))[0]["base_weights"]
     assert base4 < 0.4 * base16
-    sharded = planner.model_state_bytes(shape, lora, hw, Zero(3))[0]["base_weights"]
+    sharded = estimator.model_state_bytes(shape, lora, hw, Zero(3))[0]["base_weights"]
     assert sharded == base16 // 8 + 2 * shape.largest_layer_params()
 
 
@@ -149,13 +150,13 @@ def test_cpu_memory_is_checked_when_given():
 @pytest.mark.parametrize("text,count,per_node,memory", [("8xH100-80GB", 8, 8, 80), ("H100", 1, 1, 80),
                                                         ("16xA100-40GB", 16, 8, 40), ("2xFoo-12GB", 2, 2, 12)])
 def test_gpu_strings(text, count, per_node, memory):
-    hw = planner.parse_gpus(text, load_recipe("default"))
+    hw = estimator.parse_gpus(text, load_recipe("default"))
     assert (hw.count, hw.gpus_per_node, hw.gpu_gib) == (count, per_node, memory)
 
 
 def test_bad_gpu_string_and_unknown_model_are_clear_errors():
     with pytest.raises(LatheError, match="unknown GPU 'Foo'.*Foo-<N>GB"):
-        planner.parse_gpus("8xFoo", load_recipe("default"))
+        estimator.parse_gpus("8xFoo", load_recipe("default"))
     with pytest.raises(LatheError, match="model.id: no config.json for 'acme/unknown-7b'"):
         planner.plan(load_recipe("default", ["model.id=acme/unknown-7b"]))
 

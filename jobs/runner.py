@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from recipes.events import EventReader
 from recipes.stages import JOB_STAGES
-from serving.fine_tuning import progress, workspace
+from jobs import progress, workspace
 from accounts.jobs import add_event, sync_checkpoints, update_job
 
 if TYPE_CHECKING:
-    from serving.fine_tuning.service import FineTuningService
+    from jobs.service import FineTuningService
 
 log = logging.getLogger("lathe.serving")
 

@@ -29,9 +29,13 @@ from tests.servers import free_port, wait_ready
 PRICE = 2.0  # dollars per million trained tokens
 SERVER = """
 import json, sys
+from jobs.plane import JobsPlane
+from recipes.schema import FineTuningConfig
 from serving.app import run
 from serving.settings import ServerSettings
-run(ServerSettings(**json.loads(sys.argv[1])))
+settings = json.loads(sys.argv[1])
+plane = JobsPlane(FineTuningConfig(**settings.pop("fine_tuning")))  # as `lathe serve` composes it when enabled
+run(ServerSettings(**settings), [plane])
 """
 ROWS = [{"messages": [{"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": str(i + 1)}]}
         for i in range(8)]

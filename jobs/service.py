@@ -19,19 +19,19 @@ import logging
 import os
 import random
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recipes import LatheError
+from recipes.schema import FineTuningConfig
 from serving.errors import invalid_request, not_found
 from accounts.files import FINE_TUNE_PURPOSE, file_content, get_file
-from serving.fine_tuning import workspace
-from serving.fine_tuning.progress import finished_checkpoints
-from serving.fine_tuning.request import CreateJob, job_spec
-from serving.fine_tuning.runner import EVENTS_FILE, JobRun, kill_stale_stage, training_stage
-from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, get_job, insert_job,
+from jobs import workspace
+from jobs.progress import finished_checkpoints
+from jobs.request import CreateJob, job_spec
+from jobs.runner import EVENTS_FILE, JobRun, kill_stale_stage, training_stage
+from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, get_job, insert_job, succeeded_adapters,
                                        jobs_with_status, new_job_id, sync_checkpoints, update_job)
 from accounts.usage import UsageRecord
 
@@ -43,13 +43,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("lathe.serving")
 
 ENDPOINT = "/v1/fine_tuning/jobs"  # the usage rows of training tokens
-CODE_ROOT = Path(__file__).resolve().parents[2]  # holds pipelines/: the stage processes import it from here
+CODE_ROOT = Path(__file__).resolve().parents[1]  # holds pipelines/: the stage processes import it from here
 
 
 class FineTuningService:
-    def __init__(self, server: "ServerSettings", state: "ServerState", platform: "Platform") -> None:
+    def __init__(self, server: "ServerSettings", config: FineTuningConfig, state: "ServerState",
+                 platform: "Platform") -> None:
         self.server = server
-        self.settings = server.fine_tuning
+        self.settings = config
         self.state = state
         self.platform = platform
         self.store = platform.store
@@ -319,7 +320,7 @@ class FineTuningService:
                           event=f"The job has successfully completed: model {name}" +
                                 ("" if served else " (registered, but not served by this server: see above)"))
         if not done:  # cancelled in the meantime
-            self.server.adapters.pop(name, None)
+            self.state.adapter_pool.pop(name, None)
             self.state.served.adapters.pop(name, None)
 
     async def serve_adapter(self, job: dict[str, Any], adapter: Path) -> bool:
@@ -335,10 +336,10 @@ class FineTuningService:
             add_event(self.store, job["id"], "Not served: this engine cannot load adapters at run time", "warn")
             return False
         await add_adapter(job["fine_tuned_model"], adapter)
-        # The live model's adapters name the served models (state.adapter_for, /v1/models); ServerSettings.adapters
+        # The live model's adapters name the served models (state.adapter_for, /v1/models); the state's adapter pool
         # is what an engine created later (a hot swap) chooses from, keeping those that fit its base.
         served.adapters[job["fine_tuned_model"]] = adapter
-        self.server.adapters[job["fine_tuned_model"]] = adapter
+        self.state.adapter_pool[job["fine_tuned_model"]] = adapter
         return True
 
 
@@ -350,15 +351,9 @@ def restore_adapters(settings: "ServerSettings") -> dict[str, Path]:
     """{fine_tuned_model: adapter dir} of the succeeded jobs trained on this server's base model, read before
     the engine is created so that it loads them with the base (a restart keeps serving them)."""
     db = Path(settings.platform.db_path)
-    if not settings.fine_tuning.enabled or settings.engine != "transformers" or not db.exists():
+    if settings.engine != "transformers" or not db.exists():
         return {}
-    base = str(Path(settings.model_dir).resolve())
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            rows = conn.execute("SELECT fine_tuned_model, adapter_dir FROM fine_tuning_jobs WHERE status = 'succeeded' "
-                                "AND base_model_dir = ? ORDER BY seq", (base,)).fetchall()
-    except sqlite3.OperationalError:  # no fine-tuning table yet
-        return {}
+    rows = succeeded_adapters(db, str(Path(settings.model_dir).resolve()))
     found = {name: Path(adapter) for name, adapter in rows if adapter and Path(adapter).is_dir()}
     if len(found) < len(rows):
         log.warning("%d fine-tuned adapter(s) are gone from disk and are not served", len(rows) - len(found))

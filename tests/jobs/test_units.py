@@ -10,9 +10,9 @@ import pytest
 
 from recipes import LatheError, load_recipe
 from serving.errors import APIError
-from serving.fine_tuning import progress, workspace
-from serving.fine_tuning.request import CreateJob, job_spec
-from serving.fine_tuning.runner import StageExit
+from jobs import progress, workspace
+from jobs.request import CreateJob, job_spec
+from jobs.runner import StageExit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,9 +197,6 @@ def test_the_checkpoint_list_follows_the_disk_and_the_events_keep_the_history(tm
 
 
 def test_the_jobs_plane_is_off_unless_the_recipe_turns_it_on():
-    from serving.settings import ServerSettings
-
-    assert not ServerSettings(model_dir="/m").fine_tuning.enabled
+    assert not load_recipe("default").serve.fine_tuning.enabled
     recipe = load_recipe("default", ["serve.fine_tuning.enabled=true", "serve.fine_tuning.max_concurrent_jobs=2"])
-    settings = ServerSettings(model_dir="/m", fine_tuning=recipe.serve.fine_tuning)
-    assert settings.fine_tuning.enabled and settings.fine_tuning.max_concurrent_jobs == 2
+    assert recipe.serve.fine_tuning.enabled and recipe.serve.fine_tuning.max_concurrent_jobs == 2

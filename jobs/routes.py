@@ -1,7 +1,7 @@
 """The fine-tuning jobs API (OpenAI's, with Together's create fields): POST /v1/fine_tuning/jobs,
 GET /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id}, POST /v1/fine_tuning/jobs/{id}/cancel,
 GET /v1/fine_tuning/jobs/{id}/events, GET /v1/fine_tuning/jobs/{id}/checkpoints.
-Jobs belong to the key that created them; other keys get 404. The work: serving/fine_tuning/."""
+Jobs belong to the key that created them; other keys get 404. The work: jobs/."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from serving.access import get_caller
 from serving.errors import not_found
-from serving.fine_tuning.request import CreateJob
-from serving.fine_tuning.service import FineTuningService
+from jobs.request import CreateJob
+from jobs.service import FineTuningService
 from accounts.jobs import checkpoint_object, event_object, get_job, job_object, list_object, page
 
 router = APIRouter()
@@ -19,8 +19,7 @@ router = APIRouter()
 def get_service(request: Request) -> FineTuningService:
     service = getattr(request.app.state, "fine_tuning", None)
     if service is None:
-        raise not_found("Fine-tuning is not enabled on this server: start it with `lathe serve "
-                        "serve.fine_tuning.enabled=true` (or set serve.fine_tuning.enabled in the recipe).")
+        raise not_found("Fine-tuning is not running on this server.")
     return service
 
 
