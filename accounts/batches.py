@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from accounts.files import OUTPUT_PURPOSE, insert_file
-from accounts.store import Store
+from accounts.store import Store, get_row, page
 from accounts.usage import UsageRecord, write_usage
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -32,21 +32,12 @@ def insert_batch(store: Store, row: dict[str, Any]) -> None:
 
 
 def get_batch(store: Store, batch_id: str, owner: str | None = None) -> dict[str, Any] | None:
-    if owner is None:
-        row = store.row("SELECT * FROM batches WHERE id = ?", (batch_id,))
-    else:
-        row = store.row("SELECT * FROM batches WHERE id = ? AND owner = ?", (batch_id, owner))
-    return dict(row) if row else None
+    return get_row(store, "batches", batch_id, owner)
 
 
 def list_batches(store: Store, owner: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
     """Newest first; `after` is the id of the last batch of the previous page (OpenAI's cursor)."""
-    sql, params = "SELECT * FROM batches WHERE owner = ?", [owner]
-    if after:
-        sql += " AND seq < (SELECT seq FROM batches WHERE id = ?)"
-        params.append(after)
-    rows = store.rows(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit + 1])
-    return [dict(r) for r in rows[:limit]], len(rows) > limit
+    return page(store, "batches", "owner = ?", [owner], after, limit)
 
 
 def mark_cancelling(store: Store, batch_id: str) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accounts.store import Store
+from accounts.store import Store, get_row
 from accounts.usage import UsageRecord, write_usage
 
 ACTIVE = ("validating_files", "queued", "running")
@@ -54,11 +54,7 @@ def insert_job(store: Store, row: dict[str, Any]) -> None:
 
 
 def get_job(store: Store, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
-    if owner is None:
-        row = store.row("SELECT * FROM fine_tuning_jobs WHERE id = ?", (job_id,))
-    else:
-        row = store.row("SELECT * FROM fine_tuning_jobs WHERE id = ? AND owner = ?", (job_id, owner))
-    return dict(row) if row else None
+    return get_row(store, "fine_tuning_jobs", job_id, owner)
 
 
 def jobs_with_status(store: Store, *statuses: str) -> list[dict[str, Any]]:
@@ -115,16 +111,6 @@ def sync_checkpoints(store: Store, job_id: str, stage: str, found: list) -> None
                                                           str(ckpt.path), json.dumps(ckpt.metrics), time.time()))
             _event(conn, job_id, f"Checkpoint created at step {ckpt.step}", type="metrics",
                    data={"step": ckpt.step, **ckpt.metrics})
-
-
-def page(store: Store, table: str, where: str, params: list, after: str | None, limit: int) -> tuple[list[dict], bool]:
-    """Newest first; `after` is the id of the last item of the previous page (OpenAI's cursor)."""
-    sql = f"SELECT * FROM {table} WHERE {where}"
-    if after:
-        sql += f" AND seq < (SELECT seq FROM {table} WHERE id = ?)"
-        params = [*params, after]
-    rows = store.rows(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit + 1])
-    return [dict(r) for r in rows[:limit]], len(rows) > limit
 
 
 def list_object(data: list[dict]) -> dict[str, Any]:

@@ -219,5 +219,24 @@ class Store:
             self._conn.close()
 
 
+def get_row(store: Store, table: str, row_id: str, owner: str | None = None) -> dict[str, Any] | None:
+    """The row with `id` = row_id (and, when given, that owner: another key's row is not found)."""
+    if owner is None:
+        row = store.row(f"SELECT * FROM {table} WHERE id = ?", (row_id,))
+    else:
+        row = store.row(f"SELECT * FROM {table} WHERE id = ? AND owner = ?", (row_id, owner))
+    return dict(row) if row else None
+
+
+def page(store: Store, table: str, where: str, params: list, after: str | None, limit: int) -> tuple[list[dict], bool]:
+    """Newest first; `after` is the id of the last item of the previous page (OpenAI's cursor)."""
+    sql = f"SELECT * FROM {table} WHERE {where}"
+    if after:
+        sql += f" AND seq < (SELECT seq FROM {table} WHERE id = ?)"
+        params = [*params, after]
+    rows = store.rows(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit + 1])
+    return [dict(r) for r in rows[:limit]], len(rows) > limit
+
+
 def as_dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return dict(row) if row is not None else None

@@ -150,20 +150,22 @@ def format_metrics(label: str, m: dict) -> str:
     return "\n".join(lines)
 
 
-async def wait_ready(base: str, process=None, timeout: float = 600.0) -> float:
-    """Poll GET {base}/ready until 200; returns the seconds waited. Fails early if `process` died."""
+async def wait_ready(base: str, process=None, timeout: float = 600.0, path: str = "/ready",
+                     poll_s: float = 0.1) -> float:
+    """Poll GET {base}{path} (/ready: the model loaded; /health: the server answers) until 200; returns the
+    seconds waited. Fails early if `process` died."""
     import aiohttp
 
     start = time.perf_counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         while time.perf_counter() - start < timeout:
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {process.returncode} before it was ready")
+                raise RuntimeError(f"the server exited with status {process.returncode} before {path} answered")
             try:
-                async with session.get(base.rstrip("/") + "/ready") as response:
+                async with session.get(base.rstrip("/") + path) as response:
                     if response.status == 200:
                         return time.perf_counter() - start
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{base}/ready not 200 after {timeout:.0f} s")
+            await asyncio.sleep(poll_s)
+    raise TimeoutError(f"{base}{path} not 200 after {timeout:.0f} s")

@@ -91,21 +91,7 @@ def time_serve(model_dir: Path, work: Path) -> dict:
 
 
 async def _wait_health(base: str, process, timeout: float = 120) -> float:
-    import aiohttp
-
-    start = time.perf_counter()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        while time.perf_counter() - start < timeout:
-            if process.poll() is not None:
-                raise RuntimeError(f"lathe serve exited with status {process.returncode}")
-            try:
-                async with session.get(base + "/health") as response:
-                    if response.status == 200:
-                        return time.perf_counter() - start
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"{base}/health did not answer within {timeout:.0f} s")
+    return await wait_ready(base, process, timeout, path="/health", poll_s=0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ from serving.access import get_caller
 from serving.errors import not_found
 from jobs.request import CreateJob
 from jobs.service import FineTuningService
-from accounts.jobs import checkpoint_object, event_object, get_job, job_object, list_object, page
+from accounts.jobs import checkpoint_object, event_object, get_job, job_object, list_object
+from accounts.store import page
 
 router = APIRouter()
 

@@ -77,11 +77,8 @@ def run_preference(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     args = DPOConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      beta=cfg.beta, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
                      max_length=cfg.max_seq_length)
-    zero3 = launch.zero_stage(recipe) == 3
-    model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                         processing_class=tokenizer, peft_config=training.lora_config(cfg),
-                         callbacks=[training.stage_events("preference")])
+    trainer = training.make_trainer(DPOTrainer, "preference", recipe, cfg, base_dir, args, tokenizer,
+                                    train_dataset=train, eval_dataset=val)
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     return training.finish(trainer, result, stage="preference", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir,
                            out=out, inputs={"sft_model": str(base_dir), "train": data["pref_train"], "val": data["pref_val"]},

@@ -91,11 +91,9 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     args = GRPOConfig(**training.common_args(cfg, checkpoints, False), **launch.deepspeed_args(recipe),
                       num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature, beta=cfg.beta)
-    zero3 = launch.zero_stage(recipe) == 3
-    model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
-    trainer = GRPOTrainer(model=model, reward_funcs=[REWARDS[name] for name in cfg.rewards], args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          peft_config=training.lora_config(cfg), callbacks=[training.stage_events("rl")])
+    trainer = training.make_trainer(GRPOTrainer, "rl", recipe, cfg, base_dir, args, tokenizer,
+                                    reward_funcs=[REWARDS[name] for name in cfg.rewards],
+                                    train_dataset=Dataset.from_list(rows))
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     return training.finish(trainer, result, stage="rl", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir, out=out,
                            inputs={"preference_model": str(base_dir), "prompts": prompts}, evaluate=False,

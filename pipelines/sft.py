@@ -105,10 +105,8 @@ def run_sft(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     args = SFTConfig(**training.common_args(cfg, checkpoints, val is not None), **launch.deepspeed_args(recipe),
                      max_length=cfg.max_seq_length, packing=cfg.packing, packing_strategy=cfg.packing_strategy,
                      eos_token=tokenizer.eos_token)
-    zero3 = launch.zero_stage(recipe) == 3
-    model = training.load_model(base_dir, cfg, recipe.model, zero3=zero3)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                         processing_class=tokenizer, peft_config=training.lora_config(cfg), callbacks=[training.stage_events("sft")])
+    trainer = training.make_trainer(SFTTrainer, "sft", recipe, cfg, base_dir, args, tokenizer, train_dataset=train,
+                                    eval_dataset=val)
     result = trainer.train(resume_from_checkpoint=last_good_checkpoint(checkpoints))
     return training.finish(trainer, result, stage="sft", cfg=cfg, dtype=recipe.model.dtype, base_dir=base_dir, out=out,
                            inputs={"base": str(base_dir), "train": data["sft_train"], "val": data["sft_val"]},

@@ -106,6 +106,16 @@ def _save_and_eval(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
     return out
 
 
+def make_trainer(trainer_cls, stage: str, recipe, cfg: TrainConfig, base_dir: Path, args, tokenizer, **data):
+    """The stage's TRL trainer: the model to train (each rank's ZeRO-3 shard only, so build `args` first), its
+    LoRA config, and the callback that writes the stage's structured events."""
+    from pipelines import launch
+
+    model = load_model(base_dir, cfg, recipe.model, zero3=launch.zero_stage(recipe) == 3)
+    return trainer_cls(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(cfg),
+                       callbacks=[stage_events(stage)], **data)
+
+
 def stage_events(stage: str):
     """A Trainer callback writing the stage's progress as structured events (recipes/events.py): start with the
     total steps, each log with the step and its numbers, each checkpoint, the end with the run's summary."""

@@ -1,8 +1,9 @@
-"""Versioned migrations: a platform.db made by main f381ee4 (its schema, verbatim, in fixtures/) is upgraded in
+"""Versioned migrations: a platform.db made by main f381ee4's schema (fixtures/platform_f381ee4.db) is upgraded in
 place with its rows kept; a new database gets every migration; a database from a newer Lathe is refused."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -14,21 +15,14 @@ from accounts.usage import UsageRecord, usage_report
 from recipes import LatheError
 from recipes.schema import PlatformConfig
 
-FIXTURE = Path(__file__).parent / "fixtures" / "platform_f381ee4.sql"
+FIXTURE = Path(__file__).parent / "fixtures" / "platform_f381ee4.db"  # made by that version's schema (fixtures/README.md)
 
 
 def _old_database(path: Path) -> None:
+    shutil.copyfile(FIXTURE, path)
     conn = sqlite3.connect(path)
-    conn.executescript(FIXTURE.read_text())
-    conn.execute("INSERT INTO api_keys VALUES ('key1', 'ci', 'free', 'x', 1.0, NULL)")
-    conn.execute("INSERT INTO usage (at, key_id, model, endpoint, prompt_tokens, completion_tokens, latency_s, batch, "
-                 "batch_id, status, cost_usd) VALUES (2.0, 'key1', 'lathe', '/v1/chat/completions', 10, 5, 0.1, 0, NULL, "
-                 "200, 0.001)")
-    conn.execute("INSERT INTO fine_tuning_jobs (id, owner, model, base_model_dir, training_file, spec, seed, status, "
-                 "fine_tuned_model, created_at) VALUES ('ftjob-1', 'key1', 'lathe', '/m', 'file-1', '{}', 1, "
-                 "'succeeded', 'lathe:ft-1', 3.0)")
-    conn.commit()
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert "job_id" not in [row[1] for row in conn.execute("PRAGMA table_info(usage)")]
     conn.close()
 
 

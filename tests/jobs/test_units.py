@@ -179,7 +179,8 @@ def test_a_stage_failure_is_reported_by_its_own_error_event_else_with_its_last_l
 
 
 def test_the_checkpoint_list_follows_the_disk_and_the_events_keep_the_history(tmp_path):
-    from accounts.jobs import page, sync_checkpoints
+    from accounts.jobs import sync_checkpoints
+    from accounts.store import page
     from accounts.store import Store
 
     store = Store(tmp_path / "platform.db")
