@@ -57,6 +57,17 @@ def get_job(store: Store, job_id: str, owner: str | None = None) -> dict[str, An
     return get_row(store, "fine_tuning_jobs", job_id, owner)
 
 
+def job_by_model(store: Store, fine_tuned_model: str, owner: str) -> dict[str, Any] | None:
+    row = store.row("SELECT * FROM fine_tuning_jobs WHERE fine_tuned_model = ? AND owner = ?", (fine_tuned_model, owner))
+    return dict(row) if row else None
+
+
+def checkpoint_path(store: Store, job_id: str, step: int) -> str | None:
+    row = store.row("SELECT path FROM fine_tuning_checkpoints WHERE job_id = ? AND step = ? ORDER BY seq DESC",
+                    (job_id, step))
+    return row["path"] if row else None
+
+
 def jobs_with_status(store: Store, *statuses: str) -> list[dict[str, Any]]:
     marks = ", ".join("?" * len(statuses))
     return [dict(r) for r in store.rows(f"SELECT * FROM fine_tuning_jobs WHERE status IN ({marks}) ORDER BY seq",

@@ -5,13 +5,14 @@ learning_rate_multiplier, n_epochs), `method` ({type: supervised|dpo, supervised
 dpo adds `beta`), `suffix`, `seed`, `metadata`. Together: `n_epochs`, `learning_rate`, `batch_size`,
 `lora`, `lora_r`, `lora_alpha`, `lora_dropout`, `lora_trainable_modules`, `training_type` ({type: Lora, the
 same lora fields}), `warmup_ratio`, `lr_scheduler` ({lr_scheduler_type: linear|cosine, lr_scheduler_args:
-{min_lr_ratio, num_cycles}}), `weight_decay`, `max_grad_norm`, `random_seed`, `n_checkpoints`, `n_evals`
+{min_lr_ratio, num_cycles}}), `weight_decay`, `max_grad_norm`, `random_seed`, `from_checkpoint` (`<job id>`,
+`<job id>:<step>` or the fine-tuned model's name: continue that job's adapter), `n_checkpoints`, `n_evals`
 (validation loss that many times during training), `train_on_inputs`, `training_method` ({method: sft|dpo,
 train_on_inputs, dpo_beta, rpo_alpha (the weight of TRL's `sft` loss beside `sigmoid`),
 dpo_normalize_logratios_by_length (`sigmoid_norm`)}).
 
 Every field changes the run or is a 400 naming it and why: `training_type: Full` (a job's result is served as
-an adapter), `from_checkpoint`, `simpo_gamma` and `dpo_reference_free` (not in TRL's DPOTrainer), Hugging Face
+an adapter), `simpo_gamma` and `dpo_reference_free` (not in TRL's DPOTrainer), Hugging Face
 hub fields, a non-empty W&B integration, and any field neither API defines. A setting given twice with
 different values (e.g. `n_epochs` and `hyperparameters.n_epochs`) is a 400 naming both; "auto" or absent means
 "the base recipe's value".
@@ -124,8 +125,8 @@ class CreateJob(_Open, ValidUnicodeBody):
 
 
 # Settings a JobSpec carries; None = the base recipe's value.
-SPEC_KEYS = ("batch_size", "learning_rate", "learning_rate_multiplier", "n_epochs", "beta", "lora_r", "lora_alpha",
-             "lora_dropout", "target_modules", "warmup_ratio", "n_checkpoints", "n_evals", "train_on_inputs",
+SPEC_KEYS = ("from_checkpoint", "batch_size", "learning_rate", "learning_rate_multiplier", "n_epochs", "beta", "lora_r",
+             "lora_alpha", "lora_dropout", "target_modules", "warmup_ratio", "n_checkpoints", "n_evals", "train_on_inputs",
              "lr_scheduler", "lr_scheduler_kwargs", "weight_decay", "max_grad_norm", "rpo_alpha", "length_normalized")
 # Fields that change nothing a job trains (experiment trackers we do not send to): accepted when empty.
 NOT_SENT = {"integrations", "wandb_api_key", "wandb_project_name", "wandb_name", "wandb_base_url"}
@@ -143,9 +144,6 @@ def job_spec(body: CreateJob) -> dict[str, Any]:
         raise invalid_request("training_type Full is not offered by this server: a job's result is served as a LoRA "
                               "adapter on the loaded base model. Use {type: Lora}, or run `lathe sft "
                               "sft.method=full` offline.", "training_type.type")
-    if body.from_checkpoint is not None:
-        raise invalid_request("from_checkpoint is not offered by this server yet: a job starts from a fresh adapter "
-                              "on the served base. Train on the combined data instead.", "from_checkpoint")
     if body.lora is False:
         raise invalid_request("Full fine-tuning (lora: false) is not offered by this server: a job's result is "
                               "served as a LoRA adapter on the loaded base model. Use lora: true, or run "
@@ -212,6 +210,12 @@ def job_spec(body: CreateJob) -> dict[str, Any]:
         if method != "dpo" and (tm.rpo_alpha is not None or tm.dpo_normalize_logratios_by_length):
             raise invalid_request("rpo_alpha and dpo_normalize_logratios_by_length apply to DPO jobs only.",
                                   "training_method")
+    if body.from_checkpoint is not None:
+        spec["from_checkpoint"] = body.from_checkpoint.strip()
+        fixed = [key for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules") if spec[key] is not None]
+        if fixed:
+            raise invalid_request(f"{sources[fixed[0]]}: a job continued from_checkpoint keeps that adapter's LoRA "
+                                  "settings; drop it.", sources[fixed[0]])
     if spec["learning_rate"] is not None and spec["learning_rate_multiplier"] is not None:
         raise invalid_request("Give learning_rate (Together) or learning_rate_multiplier (OpenAI), not both.",
                               "learning_rate")

@@ -31,8 +31,8 @@ from jobs import workspace
 from jobs.progress import finished_checkpoints
 from jobs.request import CreateJob, job_spec
 from jobs.runner import EVENTS_FILE, JobRun, kill_stale_stage, training_stage
-from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, get_job, insert_job, succeeded_adapters,
-                                       jobs_with_status, new_job_id, sync_checkpoints, update_job)
+from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, checkpoint_path, get_job, insert_job, job_by_model,
+                           jobs_with_status, new_job_id, succeeded_adapters, sync_checkpoints, update_job)
 from accounts.usage import UsageRecord
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class FineTuningService:
             raise invalid_request(f"This server's engine '{server.engine}' cannot serve LoRA adapters, so it cannot "
                                   "serve a fine-tuned model; run the server with engine 'transformers'.", "model")
         spec = job_spec(body)
+        if spec.get("from_checkpoint"):
+            spec["init_adapter"] = await asyncio.to_thread(self._checkpoint_adapter, spec["from_checkpoint"], owner)
         files = {"training_file": self._fine_tune_file(body.training_file, owner, "training_file")}
         if body.validation_file:
             files["validation_file"] = self._fine_tune_file(body.validation_file, owner, "validation_file")
@@ -97,6 +99,28 @@ class FineTuningService:
             "status": "validating_files", "fine_tuned_model": name, "created_at": time.time()})
         self.wakeup.set()
         return get_job(self.store, job_id)
+
+    def _checkpoint_adapter(self, ref: str, owner: str) -> str:
+        """Together's `from_checkpoint`: `<job id>` or its fine-tuned model name (the job's final adapter), with
+        `:<step>` for one of its checkpoints. The job must be this key's and trained on the served base."""
+        name, _, step = ref.rpartition(":") if ref.rpartition(":")[2].isdigit() else (ref, "", "")
+        job = get_job(self.store, name, owner) or job_by_model(self.store, name, owner)
+        if job is None:
+            raise invalid_request(f"from_checkpoint {ref!r}: no fine-tuning job or fine-tuned model of yours by that "
+                                  "name.", "from_checkpoint")
+        if Path(job["base_model_dir"]) != Path(self.state.served.model_dir).resolve():
+            raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} trained on {job['base_model_dir']}, not "
+                                  "on the model this server serves; its adapter would not fit.", "from_checkpoint")
+        if step:
+            found = checkpoint_path(self.store, job["id"], int(step))
+            if found is None:
+                raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} has no checkpoint at step {step} "
+                                      "(GET /v1/fine_tuning/jobs/{id}/checkpoints lists them).", "from_checkpoint")
+            return found
+        if job["status"] != "succeeded" or not job["adapter_dir"]:
+            raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} is {job['status']}; continue a succeeded "
+                                  "job, or one of its checkpoints as `<job id>:<step>`.", "from_checkpoint")
+        return job["adapter_dir"]
 
     def _fine_tune_file(self, file_id: str, owner: str, param: str) -> dict[str, Any]:
         row = get_file(self.store, file_id, owner)

@@ -113,6 +113,8 @@ def _apply_spec(train: dict[str, Any], spec: dict[str, Any], stage: str) -> None
     elif spec.get("learning_rate_multiplier") is not None:
         base_lr = train.get("learning_rate") or Recipe().model_dump()[stage]["learning_rate"]
         train["learning_rate"] = float(base_lr) * spec["learning_rate_multiplier"]
+    if spec.get("init_adapter"):  # from_checkpoint: that job's adapter, continued
+        train["init_adapter"] = spec["init_adapter"]
     if spec.get("warmup_ratio") is not None:
         train["warmup_ratio"] = spec["warmup_ratio"]
     for key in ("lr_scheduler", "lr_scheduler_kwargs", "weight_decay", "max_grad_norm", "beta"):

@@ -112,7 +112,16 @@ def make_trainer(trainer_cls, stage: str, recipe, cfg: TrainConfig, base_dir: Pa
     from pipelines import launch
 
     model = load_model(base_dir, cfg, recipe.model, zero3=launch.zero_stage(recipe) == 3)
-    return trainer_cls(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(cfg),
+    peft_config = lora_config(cfg)
+    if cfg.init_adapter:  # continue a fine-tune: its adapter, trainable, instead of a fresh one
+        from peft import PeftModel
+
+        adapter = Path(cfg.init_adapter)
+        if not (adapter / "adapter_config.json").is_file() or not (adapter / "adapter_model.safetensors").is_file():
+            raise LatheError(f"{stage}.init_adapter {adapter}: not a LoRA adapter folder (adapter_config.json + "
+                             "adapter_model.safetensors)")
+        model, peft_config = PeftModel.from_pretrained(model, adapter, is_trainable=True), None
+    return trainer_cls(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                        callbacks=[stage_events(stage)], **data)
 
 

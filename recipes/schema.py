@@ -86,6 +86,10 @@ class TrainConfig(Section):
     """Training seed (data order, dropout, init of adapters)."""
     merge: bool = True
     """Also write merged 16-bit weights next to the adapter (needed by lm-eval and the server)."""
+    init_adapter: str | None = None
+    """Continue from this LoRA adapter (a folder with adapter_config.json + adapter_model.safetensors: an earlier
+    run's `artifacts/<stage>/adapter` or one of its checkpoints) instead of a fresh one. It must have been trained
+    on this stage's input model; its own LoRA settings (r, alpha, target modules) apply, not `lora`."""
     logging_steps: int = Field(5, gt=0)
     """Log loss, learning rate and throughput every N steps."""
     save_steps: int = Field(0, ge=0)
@@ -96,6 +100,12 @@ class TrainConfig(Section):
     load_best_model_at_end: bool = False
     """Hand on the checkpoint with the lowest validation loss instead of the last one (needs `eval_steps`;
     checkpoints are then written every `eval_steps`)."""
+
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self):
+        if self.init_adapter and self.method == "full":
+            raise ValueError("init_adapter continues a LoRA adapter: it needs method lora or qlora, not full")
+        return self
 
     @model_validator(mode="after")
     def _best_needs_evals(self):

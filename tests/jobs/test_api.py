@@ -222,6 +222,18 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
         workspace = (state_dir / "jobs" / second.id).resolve()
         assert not [p for p in Path("/proc").glob("[0-9]*") if _cwd(p) == workspace and _running(int(p.name))]
         assert _bad_request(lambda: client.fine_tuning.jobs.cancel(second.id))["code"] == "job_not_cancellable"
+
+        # Together's from_checkpoint: a new job continues the first job's adapter (by job id or by model name).
+        assert _bad_request(lambda: client.fine_tuning.jobs.create(
+            model=MODEL_NAME, training_file=train, extra_body={"from_checkpoint": "ftjob-none"}))["param"] == "from_checkpoint"
+        cont = client.fine_tuning.jobs.create(model=MODEL_NAME, training_file=train,
+                                              extra_body={"from_checkpoint": f"{model}:2"})
+        done = _wait(lambda: client.fine_tuning.jobs.retrieve(cont.id), lambda j: j.status in ("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        ran = json.loads((state_dir / "jobs" / cont.id / "artifacts" / "sft" / "manifest.json").read_text())
+        continued = ran["settings"]["init_adapter"]  # the run's recorded settings: the first job's step-2 checkpoint
+        assert f"/jobs/{job.id}/" in continued and continued.endswith("/checkpoint-2"), continued
+        assert _first_token_logprob(client, done.fine_tuned_model) != pytest.approx(tuned, abs=1e-6)  # trained further
     finally:
         server.send_signal(signal.SIGTERM)
         try:

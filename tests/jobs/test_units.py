@@ -51,7 +51,7 @@ def test_openai_and_together_fields_merge_into_one_spec():
     ({"suffix": "no spaces allowed"}, "suffix"),
     ({"n_evals": 3}, "n_evals"),  # validation loss needs a validation_file
     ({"training_type": {"type": "Full"}}, "training_type.type"),
-    ({"from_checkpoint": "ftjob-1"}, "from_checkpoint"),
+    ({"from_checkpoint": "ftjob-1", "lora_r": 8}, "lora_r"),  # the continued adapter keeps its own LoRA settings
     ({"training_method": {"method": "dpo", "simpo_gamma": 0.5}}, "training_method.simpo_gamma"),
     ({"training_method": {"method": "dpo", "dpo_reference_free": True}}, "training_method.dpo_reference_free"),
     ({"training_method": {"method": "sft", "rpo_alpha": 0.5}}, "training_method"),

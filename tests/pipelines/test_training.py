@@ -10,7 +10,7 @@ import torch
 
 from pipelines.data import run_data
 from pipelines.manifest import read_manifest, write_manifest
-from recipes import load_recipe
+from recipes import LatheError, load_recipe
 
 SMALL = ["data.replay.enabled=false", "sft.packing=false", "data.skills.n_train=32", "data.skills.n_eval=6",
          "data.skills.n_preference=16",
@@ -183,3 +183,26 @@ def test_optimizer_and_schedule_fields_reach_the_trainer(tmp_path):
     assert (args.weight_decay, args.max_grad_norm, args.lr_scheduler_kwargs) == (0.01, 0.5, {"min_lr_rate": 0.1})
     assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine_with_min_lr"
     assert args.loss_type == ["sigmoid_norm", "sft"] and args.loss_weights == [1.0, 0.25]
+
+
+def test_init_adapter_continues_a_fine_tune_from_its_weights(staged, tmp_path):
+    """A second SFT run from the first run's adapter starts where the first ended (its first loss is about the
+    first run's last, far below a fresh adapter's first) and keeps the adapter's own LoRA shape."""
+    import shutil
+
+    from pipelines.sft import run_sft
+
+    root, recipe = staged
+    torch.manual_seed(0)
+    first = run_sft(recipe, root)
+    losses = [row["loss"] for row in json.loads((root / "sft" / "log_history.json").read_text()) if "loss" in row]
+    adapter = tmp_path / "first-adapter"
+    shutil.copytree(first["adapter_dir"], adapter)
+    torch.manual_seed(0)
+    run_sft(load_recipe("default", SMALL + [f"sft.init_adapter={adapter}", "sft.lora.r=2"]), root)
+    again = [row["loss"] for row in json.loads((root / "sft" / "log_history.json").read_text()) if "loss" in row]
+    assert again[0] < losses[0] - 0.5 * (losses[0] - losses[-1])  # continued, not started over
+    config = json.loads((root / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == json.loads((adapter / "adapter_config.json").read_text())["r"] != 2
+    with pytest.raises(LatheError, match="not a LoRA adapter folder"):
+        run_sft(load_recipe("default", SMALL + [f"sft.init_adapter={tmp_path}"]), root)
