@@ -16,9 +16,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from accounts.store import Store
 from recipes import LatheError
 from recipes.schema import PlatformConfig
-from accounts.store import Store
 
 PREFIX = "lathe"
 ANONYMOUS = "anonymous"  # who calls when auth is off

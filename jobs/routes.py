@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from serving.access import get_caller
-from serving.errors import not_found
-from jobs.request import CreateJob
-from jobs.service import FineTuningService
 from accounts.jobs import checkpoint_object, event_object, get_job, job_object, list_object
 from accounts.store import page
+from jobs.request import CreateJob
+from jobs.service import FineTuningService
+from serving.access import get_caller
+from serving.errors import not_found
 
 router = APIRouter()
 
@@ -37,14 +37,14 @@ async def create_job(body: CreateJob, request: Request, service: FineTuningServi
 
 
 @router.get("/v1/fine_tuning/jobs")
-async def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100),
+def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100),
                     service: FineTuningService = Depends(get_service)) -> dict:
     rows, has_more = page(service.store, "fine_tuning_jobs", "owner = ?", [get_caller(request).key_id], after, limit)
     return {**list_object([job_object(row) for row in rows]), "has_more": has_more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
-async def retrieve_job(job_id: str, request: Request, service: FineTuningService = Depends(get_service)) -> dict:
+def retrieve_job(job_id: str, request: Request, service: FineTuningService = Depends(get_service)) -> dict:
     return job_object(_owned_job(service, request, job_id))
 
 
@@ -54,7 +54,7 @@ async def cancel_job(job_id: str, request: Request, service: FineTuningService =
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
-async def list_events(job_id: str, request: Request, after: str | None = None,
+def list_events(job_id: str, request: Request, after: str | None = None,
                       limit: int = Query(20, ge=1, le=1000), service: FineTuningService = Depends(get_service)) -> dict:
     _owned_job(service, request, job_id)
     rows, has_more = page(service.store, "fine_tuning_events", "job_id = ?", [job_id], after, limit)
@@ -62,7 +62,7 @@ async def list_events(job_id: str, request: Request, after: str | None = None,
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-async def list_checkpoints(job_id: str, request: Request, after: str | None = None,
+def list_checkpoints(job_id: str, request: Request, after: str | None = None,
                            limit: int = Query(10, ge=1, le=100),
                            service: FineTuningService = Depends(get_service)) -> dict:
     job = _owned_job(service, request, job_id)

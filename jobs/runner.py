@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from accounts.jobs import add_event, sync_checkpoints, update_job
+from jobs import progress, workspace
 from recipes.events import EventReader
 from recipes.stages import JOB_STAGES
-from jobs import progress, workspace
-from accounts.jobs import add_event, sync_checkpoints, update_job
 
 if TYPE_CHECKING:
     from jobs.service import FineTuningService

@@ -23,17 +23,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipes import LatheError
-from recipes.schema import FineTuningConfig
-from serving.errors import invalid_request, not_found
 from accounts.files import FINE_TUNE_PURPOSE, file_content, get_file
+from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, checkpoint_path, get_job, insert_job, job_by_model,
+                           jobs_with_status, new_job_id, succeeded_adapters, sync_checkpoints, update_job)
+from accounts.usage import UsageRecord
 from jobs import workspace
 from jobs.progress import finished_checkpoints
 from jobs.request import CreateJob, job_spec
 from jobs.runner import EVENTS_FILE, JobRun, kill_stale_stage, training_stage
-from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, checkpoint_path, get_job, insert_job, job_by_model,
-                           jobs_with_status, new_job_id, succeeded_adapters, sync_checkpoints, update_job)
-from accounts.usage import UsageRecord
+from recipes import LatheError
+from recipes.schema import FineTuningConfig
+from serving.errors import invalid_request, not_found
 
 if TYPE_CHECKING:
     from serving.access import Platform

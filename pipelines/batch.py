@@ -56,9 +56,9 @@ def _served_name(ref: str, recipe: Recipe, model_dir: Path) -> str:
 
 
 async def _run(settings, source: Path, target: Path, errors_path: Path, endpoint: str) -> int:
+    from accounts.batches import get_batch
     from serving.access import Platform
     from serving.batch_worker import BatchWorker
-    from accounts.batches import get_batch
     from serving.batches import parse_input
     from serving.engine import create_engine
     from serving.state import ServedModel, ServerState
@@ -96,8 +96,8 @@ async def _run(settings, source: Path, target: Path, errors_path: Path, endpoint
 def _batch_for(platform, content: bytes, source: Path, target: Path, endpoint: str) -> str:
     """The unfinished batch of an earlier run of the same command, or a new one."""
     from accounts.batches import ACTIVE
-    from serving.batches import create_batch
     from accounts.files import save_file
+    from serving.batches import create_batch
 
     run_key = hashlib.sha256(content + f"\0{endpoint}\0{target.resolve()}".encode()).hexdigest()
     marks = ", ".join("?" for _ in ACTIVE)

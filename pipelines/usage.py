@@ -16,9 +16,9 @@ from recipes.schema import Recipe
 
 
 def main(recipe: Recipe, args) -> int:
-    from pipelines.keys import _table
-    from accounts.usage import parse_since, totals, usage_report
     from accounts.store import Store
+    from accounts.usage import parse_since, totals, usage_report
+    from pipelines.keys import _table
 
     try:
         since = parse_since(args.since)

@@ -133,7 +133,6 @@ def _mlmodel(folder: Path, artifact_path: str, run_id: str) -> Path:
     """An MLmodel whose pyfunc flavor loads the version's folder with serving/pyfunc.py (no copy, no pickle)."""
     import mlflow.pyfunc
     from mlflow.models import Model
-
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 

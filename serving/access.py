@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from recipes.schema import PlatformConfig
 from accounts.keys import ANONYMOUS, auth_enabled, authenticate, bearer_token, needs_key
-from serving.errors import error_response, forbidden, rate_limited, unauthorized
+from accounts.store import Store
 from accounts.usage import UsageRecord
+from recipes.schema import PlatformConfig
+from serving.errors import error_response, forbidden, rate_limited, unauthorized
 from serving.metering import Meter, RequestUsage
 from serving.ratelimit import RateLimiter
-from accounts.store import Store
 
 log = logging.getLogger("lathe.serving")
 

@@ -22,13 +22,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serving.access import Caller, Platform
 from accounts import batches as rows
+from accounts.files import file_content
 from accounts.keys import key_tier
+from accounts.usage import UsageRecord
+from serving.access import Caller, Platform
 from serving.batches import parse_input
 from serving.errors import APIError, as_api_error, invalid_body, invalid_request
-from accounts.files import file_content
-from accounts.usage import UsageRecord
 from serving.metering import RequestUsage
 from serving.state import ServerState
 

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from recipes.schema import BatchConfig
-from serving.protocol import lone_surrogate_at
-from serving.errors import APIError, invalid_request, not_found
 from accounts.batches import get_batch, insert_batch, mark_cancelling
 from accounts.files import UPLOAD_PURPOSES, get_file
 from accounts.store import Store
+from recipes.schema import BatchConfig
+from serving.errors import APIError, invalid_request, not_found
+from serving.protocol import lone_surrogate_at
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 MAX_REPORTED_ERRORS = 100

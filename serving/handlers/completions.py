@@ -11,17 +11,16 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-
 from serving.engine import Engine, GeneratedToken, SamplingParams, TokenLogprob
 from serving.errors import invalid_request
 from serving.generation import choice_params, collect, merge, run_choice, token_text, unless_disconnected
-from serving.metering import track_usage
-from serving.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
-                              UsageInfo)
-from serving.sampling import check_engine_supports, check_logprobs, check_supported, sampling_params
 from serving.handlers import Call, Stream
+from serving.metering import track_usage
+from serving.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
+from serving.sampling import check_engine_supports, check_logprobs, check_supported, sampling_params
 from serving.state import ServerState
 from serving.structured import checked_guide, response_format_guide
+
 
 @dataclass
 class Prompt:

@@ -3,11 +3,13 @@ GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. The work is done by batch_wo
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict
 
-from serving.access import Platform, get_caller, get_platform
 from accounts.batches import batch_object, get_batch, list_batches
+from serving.access import Platform, get_caller, get_platform
 from serving.batches import create_batch, request_cancel
 from serving.errors import not_found
 from serving.protocol import ValidUnicodeBody
@@ -26,14 +28,14 @@ class CreateBatch(ValidUnicodeBody):
 
 @router.post("/v1/batches")
 async def create(body: CreateBatch, request: Request, platform: Platform = Depends(get_platform)) -> dict:
-    batch = create_batch(platform.store, get_caller(request).key_id, body.input_file_id, body.endpoint,
-                         body.completion_window, body.metadata, platform.config.batch)
-    platform.batch_wakeup.set()
-    return batch_object(platform.store, batch)
+    batch = await asyncio.to_thread(create_batch, platform.store, get_caller(request).key_id, body.input_file_id,
+                                    body.endpoint, body.completion_window, body.metadata, platform.config.batch)
+    platform.batch_wakeup.set()  # an asyncio.Event: set on the event loop, not from the thread pool
+    return await asyncio.to_thread(batch_object, platform.store, batch)
 
 
 @router.get("/v1/batches")
-async def batches(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100),
+def batches(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100),
                   platform: Platform = Depends(get_platform)) -> dict:
     rows, has_more = list_batches(platform.store, get_caller(request).key_id, after, limit)
     data = [batch_object(platform.store, row) for row in rows]
@@ -42,7 +44,7 @@ async def batches(request: Request, after: str | None = None, limit: int = Query
 
 
 @router.get("/v1/batches/{batch_id}")
-async def retrieve(batch_id: str, request: Request, platform: Platform = Depends(get_platform)) -> dict:
+def retrieve(batch_id: str, request: Request, platform: Platform = Depends(get_platform)) -> dict:
     batch = get_batch(platform.store, batch_id, get_caller(request).key_id)
     if batch is None:
         raise not_found(f"No batch with id '{batch_id}'.", "batch_id")
@@ -51,6 +53,6 @@ async def retrieve(batch_id: str, request: Request, platform: Platform = Depends
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel(batch_id: str, request: Request, platform: Platform = Depends(get_platform)) -> dict:
-    batch = request_cancel(platform.store, batch_id, get_caller(request).key_id)
+    batch = await asyncio.to_thread(request_cancel, platform.store, batch_id, get_caller(request).key_id)
     platform.batch_wakeup.set()
-    return batch_object(platform.store, batch)
+    return await asyncio.to_thread(batch_object, platform.store, batch)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
+from accounts.usage import GroupBy, parse_since, totals, usage_report
 from serving.access import Platform, get_caller, get_platform
 from serving.errors import invalid_request
-from accounts.usage import GroupBy, parse_since, totals, usage_report
 
 router = APIRouter()
 
 
 @router.get("/v1/usage")
-async def usage(request: Request, since: str | None = None, by: GroupBy = "model",
+def usage(request: Request, since: str | None = None, by: GroupBy = "model",
                 platform: Platform = Depends(get_platform)) -> dict:
     try:
         start = parse_since(since)

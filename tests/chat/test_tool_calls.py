@@ -60,8 +60,8 @@ def test_a_served_tool_request_renders_as_the_model_was_trained(tiny_model_dir):
     model is to write (SmolLM2's template: tools inlined the same way in both)."""
     from transformers import AutoTokenizer
 
-    from serving.protocol import ChatCompletionRequest
     from serving.handlers.chat import encode_chat
+    from serving.protocol import ChatCompletionRequest
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = SMOLLM2_TEMPLATE

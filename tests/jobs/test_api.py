@@ -23,8 +23,8 @@ import openai
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving.conftest import MODEL_NAME
 from tests.servers import free_port, wait_ready
+from tests.serving.conftest import MODEL_NAME
 
 PRICE = 2.0  # dollars per million trained tokens
 SERVER = """
@@ -98,9 +98,9 @@ def _bad_request(call) -> dict:
 
 @pytest.fixture
 def keys(tmp_path):
-    from recipes.schema import PlatformConfig
     from accounts.keys import create_key
     from accounts.store import Store
+    from recipes.schema import PlatformConfig
 
     store = Store(tmp_path / "platform.db")
     try:

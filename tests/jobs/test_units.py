@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from recipes import LatheError, load_recipe
-from serving.errors import APIError
 from jobs import progress, workspace
 from jobs.request import CreateJob, job_spec
 from jobs.runner import StageExit
+from recipes import LatheError, load_recipe
+from serving.errors import APIError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,8 +180,7 @@ def test_a_stage_failure_is_reported_by_its_own_error_event_else_with_its_last_l
 
 def test_the_checkpoint_list_follows_the_disk_and_the_events_keep_the_history(tmp_path):
     from accounts.jobs import sync_checkpoints
-    from accounts.store import page
-    from accounts.store import Store
+    from accounts.store import Store, page
 
     store = Store(tmp_path / "platform.db")
 

@@ -21,7 +21,7 @@ REAL_RECIPES = ["llama-3.1-8b-lora", "codellama-13b-lora", "mistral-nemo-12b-lor
 def meta_model(cfg: dict):
     """The real transformers model for a config, on the meta device (no memory, no download)."""
     import torch
-    from transformers import GptOssConfig, LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GptOssConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gpt_oss": GptOssConfig}
     config = classes[cfg["model_type"]](**{k: v for k, v in cfg.items() if k != "model_type"})

@@ -24,9 +24,9 @@ from tests.reliability.conftest import MODEL_NAME
 
 @pytest.fixture(scope="module")
 def secure_server(tiny_model_dir, tmp_path_factory):
-    from recipes.schema import PlatformConfig
     from accounts.keys import create_key, revoke_key
     from accounts.store import Store
+    from recipes.schema import PlatformConfig
     from tests.reliability.conftest import server_process
 
     work = tmp_path_factory.mktemp("secure")

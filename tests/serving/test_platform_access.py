@@ -11,10 +11,10 @@ import httpx2
 import openai
 import pytest
 
-from pipelines.cli import main as lathe
-from recipes.schema import PlatformConfig
 from accounts.keys import create_key, revoke_key
 from accounts.store import Store
+from pipelines.cli import main as lathe
+from recipes.schema import PlatformConfig
 from tests.serving.conftest import MODEL_NAME, running_server
 
 HELLO = [{"role": "user", "content": "Say hello."}]

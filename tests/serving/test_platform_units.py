@@ -6,14 +6,14 @@ import json
 
 import pytest
 
+from accounts.keys import auth_enabled, authenticate, create_key, list_keys, revoke_key
+from accounts.store import Store
+from accounts.usage import UsageRecord, parse_since, usage_report
 from recipes import LatheError
 from recipes.schema import BatchConfig, PlatformConfig
-from accounts.keys import auth_enabled, authenticate, create_key, list_keys, revoke_key
 from serving.batches import parse_input
-from accounts.usage import UsageRecord, parse_since, usage_report
 from serving.metering import Meter
 from serving.ratelimit import RateLimiter, duration
-from accounts.store import Store
 
 CHAT = "/v1/chat/completions"
 
