@@ -32,14 +32,22 @@ def bill_job(store: Store, job_id: str, record: UsageRecord, cost: float) -> boo
 
 
 def succeeded_adapters(db: Path, base_model_dir: str) -> list[tuple[str, str]]:
-    """(fine_tuned_model, adapter dir) of the succeeded jobs trained on `base_model_dir`, read-only (before a
-    server opens the database for writing); [] when the database has no jobs table yet."""
+    """(served name, adapter dir) of the succeeded jobs trained on `base_model_dir` and of their checkpoints
+    (`<fine_tuned_model>:ckpt-step-N`), read-only (before a server opens the database for writing); [] when the
+    database has no jobs table yet."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT fine_tuned_model, adapter_dir FROM fine_tuning_jobs WHERE status = 'succeeded' "
-                                "AND base_model_dir = ? ORDER BY seq", (base_model_dir,)).fetchall()
+            return conn.execute(
+                "SELECT fine_tuned_model, adapter_dir FROM fine_tuning_jobs WHERE status = 'succeeded' AND "
+                "base_model_dir = ? UNION ALL SELECT j.fine_tuned_model || ':ckpt-step-' || c.step, c.path FROM "
+                "fine_tuning_checkpoints c JOIN fine_tuning_jobs j ON j.id = c.job_id WHERE j.status = 'succeeded' "
+                "AND j.base_model_dir = ?", (base_model_dir, base_model_dir)).fetchall()
     except sqlite3.OperationalError:
         return []
+
+
+def checkpoints_of(store: Store, job_id: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in store.rows("SELECT * FROM fine_tuning_checkpoints WHERE job_id = ? ORDER BY step", (job_id,))]
 
 
 def new_job_id() -> str:
@@ -152,6 +160,14 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "method": {"type": spec["method"], spec["method"]: {"hyperparameters": method_hyper}},
         "registered_model": json.loads(job["registered"]) if job["registered"] else None,
     }
+
+
+def metrics_rows(store: Store, job_id: str) -> list[dict[str, Any]]:
+    """The numbers of each logged training step (its metrics events' data), oldest first, each with
+    `object: fine_tuning.job.metrics`; the evaluation's scores are in their own event."""
+    rows = store.rows("SELECT data FROM fine_tuning_events WHERE job_id = ? AND type = 'metrics' ORDER BY seq", (job_id,))
+    data = [json.loads(row["data"]) for row in rows if row["data"]]
+    return [{"object": "fine_tuning.job.metrics", **item} for item in data if "total_steps" in item]  # per-step logs
 
 
 def event_object(row: dict[str, Any]) -> dict[str, Any]:

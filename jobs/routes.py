@@ -1,13 +1,13 @@
 """The fine-tuning jobs API (OpenAI's, with Together's create fields): POST /v1/fine_tuning/jobs,
 GET /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id}, POST /v1/fine_tuning/jobs/{id}/cancel,
-GET /v1/fine_tuning/jobs/{id}/events, GET /v1/fine_tuning/jobs/{id}/checkpoints.
+GET /v1/fine_tuning/jobs/{id}/events, GET /v1/fine_tuning/jobs/{id}/checkpoints, GET /v1/fine_tuning/jobs/{id}/metrics.
 Jobs belong to the key that created them; other keys get 404. The work: jobs/."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from accounts.jobs import checkpoint_object, event_object, get_job, job_object, list_object
+from accounts.jobs import checkpoint_object, event_object, get_job, job_object, list_object, metrics_rows
 from accounts.store import page
 from jobs.request import CreateJob
 from jobs.service import FineTuningService
@@ -55,16 +55,23 @@ async def cancel_job(job_id: str, request: Request, service: FineTuningService =
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 def list_events(job_id: str, request: Request, after: str | None = None,
-                      limit: int = Query(20, ge=1, le=1000), service: FineTuningService = Depends(get_service)) -> dict:
+                limit: int = Query(20, ge=1, le=1000), service: FineTuningService = Depends(get_service)) -> dict:
     _owned_job(service, request, job_id)
     rows, has_more = page(service.store, "fine_tuning_events", "job_id = ?", [job_id], after, limit)
     return {**list_object([event_object(row) for row in rows]), "has_more": has_more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-def list_checkpoints(job_id: str, request: Request, after: str | None = None,
-                           limit: int = Query(10, ge=1, le=100),
-                           service: FineTuningService = Depends(get_service)) -> dict:
+def list_checkpoints(job_id: str, request: Request, after: str | None = None, limit: int = Query(10, ge=1, le=100),
+                     service: FineTuningService = Depends(get_service)) -> dict:
     job = _owned_job(service, request, job_id)
     rows, has_more = page(service.store, "fine_tuning_checkpoints", "job_id = ?", [job_id], after, limit)
     return {**list_object([checkpoint_object(row, job["fine_tuned_model"]) for row in rows]), "has_more": has_more}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/metrics")
+def list_metrics(job_id: str, request: Request, service: FineTuningService = Depends(get_service)) -> dict:
+    """The run's numbers, oldest first, one row per logged step (training loss, validation loss when measured,
+    learning rate, tokens...): what a loss curve is drawn from (the metrics events, without their messages)."""
+    _owned_job(service, request, job_id)
+    return {"object": "list", "data": metrics_rows(service.store, job_id)}

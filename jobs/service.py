@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accounts.files import FINE_TUNE_PURPOSE, file_content, get_file
-from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, checkpoint_path, get_job, insert_job, job_by_model,
-                           jobs_with_status, new_job_id, succeeded_adapters, sync_checkpoints, update_job)
+from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, checkpoint_path, checkpoints_of, get_job, insert_job,
+                           job_by_model, jobs_with_status, new_job_id, succeeded_adapters, sync_checkpoints,
+                           update_job)
 from accounts.usage import UsageRecord
 from jobs import workspace
 from jobs.progress import finished_checkpoints
@@ -339,16 +340,22 @@ class FineTuningService:
         update_job(self.store, job["id"], adapter_dir=str(adapter))
         name = job["fine_tuned_model"]
         served = await self.serve_adapter(job, adapter)
+        if served:  # each checkpoint is a model too, as OpenAI names it: <fine_tuned_model>:ckpt-step-N
+            for checkpoint in await asyncio.to_thread(checkpoints_of, self.store, job["id"]):
+                await self.serve_adapter(job, Path(checkpoint["path"]), f"{name}:ckpt-step-{checkpoint['step']}")
         done = update_job(self.store, job["id"], status="succeeded", stage=None, pid=None, finished_at=time.time(),
                           when_status=("running",),
                           event=f"The job has successfully completed: model {name}" +
                                 ("" if served else " (registered, but not served by this server: see above)"))
         if not done:  # cancelled in the meantime
-            self.state.adapter_pool.pop(name, None)
-            self.state.served.adapters.pop(name, None)
+            for served_name in [n for n in self.state.adapter_pool if n == name or n.startswith(f"{name}:ckpt-step-")]:
+                self.state.adapter_pool.pop(served_name, None)
+                self.state.served.adapters.pop(served_name, None)
 
-    async def serve_adapter(self, job: dict[str, Any], adapter: Path) -> bool:
-        """Load the adapter onto the running engine's base and add its name to the served models."""
+    async def serve_adapter(self, job: dict[str, Any], adapter: Path, name: str | None = None) -> bool:
+        """Load the adapter onto the running engine's base and add its name (default: the job's fine-tuned model)
+        to the served models."""
+        name = name or job["fine_tuned_model"]
         served = self.state.served  # one live model throughout, even if a swap comes while the adapter loads
         if Path(served.model_dir).resolve() != Path(job["base_model_dir"]):
             add_event(self.store, job["id"], f"Not served: this server's base model is now "
@@ -359,11 +366,11 @@ class FineTuningService:
         if add_adapter is None:
             add_event(self.store, job["id"], "Not served: this engine cannot load adapters at run time", "warn")
             return False
-        await add_adapter(job["fine_tuned_model"], adapter)
+        await add_adapter(name, adapter)
         # The live model's adapters name the served models (state.adapter_for, /v1/models); the state's adapter pool
         # is what an engine created later (a hot swap) chooses from, keeping those that fit its base.
-        served.adapters[job["fine_tuned_model"]] = adapter
-        self.state.adapter_pool[job["fine_tuned_model"]] = adapter
+        served.adapters[name] = adapter
+        self.state.adapter_pool[name] = adapter
         return True
 
 

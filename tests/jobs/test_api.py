@@ -189,6 +189,11 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
         assert model in [m.id for m in client.models.list().data]
         tuned = _first_token_logprob(client, model)
         assert abs(tuned - _first_token_logprob(client, MODEL_NAME)) > 1e-6  # the adapter is applied
+        step_model = checkpoints[0].fine_tuned_model_checkpoint  # a checkpoint is a model too
+        assert step_model == f"{model}:ckpt-step-2" and step_model in [m.id for m in client.models.list().data]
+        assert _first_token_logprob(client, step_model) == pytest.approx(tuned, abs=1e-5)  # step 2 is the last step
+        curve = httpx2.get(f"{base}/v1/fine_tuning/jobs/{job.id}/metrics", headers={"Authorization": f"Bearer {keys[0]}"})
+        assert [row["step"] for row in curve.json()["data"] if "train_loss" in row] == [1, 2]
 
         _check_registry(tmp_path, done, train)
 
@@ -208,6 +213,7 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=keys[0], max_retries=0)
         assert {j.id: j.status for j in client.fine_tuning.jobs.list()}[job.id] == "succeeded"
         assert _first_token_logprob(client, model) == pytest.approx(tuned, abs=1e-4)  # still served, same adapter
+        assert _first_token_logprob(client, f"{model}:ckpt-step-2") == pytest.approx(tuned, abs=1e-4)  # and its checkpoint
         _wait(lambda: _messages(client, second.id),
               lambda m: any("resumes from the checkpoint at step" in x for x in m))
         assert not _running(stage_pid), "the orphaned stage process was not stopped"
