@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recipes.schema import Recipe
+from recipes.serve_schema import ServerTuning
 
 ALIASES = ("champion", "candidate")
 
@@ -20,11 +21,23 @@ ALIASES = ("champion", "candidate")
 def main(recipe: Recipe, args) -> int:
     from registry import models
     from serving.app import run
+
+    ref = args.model or recipe.serve.model
+    model_dir = models.resolve(ref, default_name=recipe.registry.model_name)
+    planes = []
+    if recipe.serve.fine_tuning.enabled:  # the fine-tuning jobs plane (jobs/), off unless the recipe turns it on
+        from jobs.plane import JobsPlane
+
+        planes.append(JobsPlane(recipe.serve.fine_tuning))
+    run(server_settings(recipe, ref, Path(model_dir), host=args.host, port=args.port), planes)
+    return 0
+
+
+def server_settings(recipe: Recipe, ref: str, model_dir: Path, host: str | None = None, port: int | None = None):
+    """The server's settings: every knob of the recipe's `serve:` as set, the command line's host and port over
+    them, and the served name and registry reference from `ref`."""
     from serving.settings import ServerSettings
 
-    cfg = recipe.serve
-    ref = args.model or cfg.model
-    model_dir = models.resolve(ref, default_name=recipe.registry.model_name)
     follows_registry = ref in ALIASES or (ref.startswith("models:/") and "@" in ref)
     if ref in ALIASES:
         name = recipe.registry.model_name
@@ -32,16 +45,8 @@ def main(recipe: Recipe, args) -> int:
         name = ref.removeprefix("models:/").split("@")[0].split("/")[0]
     else:
         name = Path(model_dir).name
-    settings = ServerSettings(
-        model_dir=model_dir, model_name=name, host=args.host or cfg.host, port=args.port or cfg.port,
-        model_ref=ref if follows_registry else None,
-        registry_model_name=recipe.registry.model_name if follows_registry else None,
-        watch_interval_s=cfg.watch_interval_s, engine=cfg.engine, max_queue=cfg.max_queue,
-        torch_threads=cfg.torch_threads, drain_timeout_s=cfg.drain_timeout_s, platform=recipe.platform)
-    planes = []
-    if cfg.fine_tuning.enabled:  # the fine-tuning jobs plane (jobs/), off unless the recipe turns it on
-        from jobs.plane import JobsPlane
-
-        planes.append(JobsPlane(cfg.fine_tuning))
-    run(settings, planes)
-    return 0
+    tuning = recipe.serve.model_dump(include=set(ServerTuning.model_fields))
+    tuning.update({k: v for k, v in (("host", host), ("port", port)) if v})
+    return ServerSettings(**tuning, model_dir=model_dir, model_name=name, model_ref=ref if follows_registry else None,
+                          registry_model_name=recipe.registry.model_name if follows_registry else None,
+                          platform=recipe.platform)

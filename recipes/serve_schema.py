@@ -45,25 +45,58 @@ class FineTuningConfig(Section):
     """How often running stages are checked for new events and checkpoints, and the queue for free slots."""
 
 
-class ServeConfig(Section):
+class ServerTuning(Section):
+    """How a server runs: the one definition of every knob, shared by the recipe's `serve:` (ServeConfig) and the
+    server's own settings (serving.settings.ServerSettings), so `lathe serve` passes them through unchanged."""
+
     host: str = "127.0.0.1"
-    """Address to bind."""
-    port: int = 8000
-    """Port to bind."""
+    """Interface to bind; 0.0.0.0 exposes the server to the network."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port (0 picks a free one)."""
+    engine: Literal["transformers", "continuous", "vllm"] = "transformers"
+    """`transformers` (model.generate, one request at a time, every option), `continuous` (transformers'
+    continuous batching: throughput for many concurrent streams on CPU, fewer options) or `vllm` (vLLM's async
+    engine; GPU, needs vllm installed)."""
+    max_batch_size: int = Field(8, ge=1)
+    """Most sequences batched at once (engines `continuous`, `vllm`); `continuous` applies it to greedy and to
+    sampled requests separately."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """vLLM's share of GPU memory."""
+    max_queue: int = Field(64, ge=1)
+    """Requests admitted at once (running + waiting); more get 503."""
+    torch_threads: int | None = Field(None, ge=1)
+    """torch intra-op threads; None: 1 for engine `transformers` (one sequence: more threads only fight,
+    STACK-NOTES saw 1 thread 5-10x faster than 2), half the usable cores for `continuous`."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda` or `cuda:N`."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; `auto` is float32 on CPU and the checkpoint's dtype on GPU."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Context length (prompt + completion); None: the model config's."""
+    max_n: int = Field(8, ge=1)
+    """Largest `n` (choices per prompt) a request may ask for."""
+    max_stop_strings: int = Field(16, ge=0)
+    """Most stop strings per request (OpenAI allows 4; stock HumanEval sends 6)."""
+    max_logprobs: int = Field(20, ge=0)
+    """Largest `logprobs` / `top_logprobs` a request may ask for."""
+    sanitize_control_tokens: bool = True
+    """Encode control tokens written inside chat messages as plain text (no prompt injection)."""
+    watch_interval_s: float = Field(30.0, ge=0)
+    """How often to check whether the served alias moved (0: never); on a move the new version is loaded and
+    swapped in without dropping requests."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM: new requests are refused and in-flight ones get this long to finish."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """The server's log level."""
+
+
+class ServeConfig(ServerTuning):
+    """The recipe's `serve:` section: what `lathe serve` serves, how (every ServerTuning field), and whether it
+    also runs the fine-tuning jobs plane."""
+
     model: str = "champion"
     """What to serve: `champion`/`candidate` (aliases of the registered model), `models:/name@alias`,
     or a local model directory. Served from an alias, the server follows it when it moves."""
-    engine: Literal["transformers", "continuous", "vllm"] = "transformers"
-    """`transformers` (generate, one request at a time), `continuous` (transformers' continuous
-    batching, best for many concurrent streams on CPU) or `vllm` (GPU; needs vllm installed)."""
-    max_queue: int = Field(64, gt=0)
-    """Requests allowed to wait; more are refused with 503."""
-    torch_threads: int | None = None
-    """Torch threads for generation (None: the engine's choice; 1 is fastest for `transformers` on small CPUs)."""
-    watch_interval_s: float = Field(30.0, gt=0)
-    """How often to check whether the served alias moved."""
-    drain_timeout_s: float = Field(30.0, ge=0)
-    """On SIGTERM, how long in-flight requests may finish before the server exits."""
     fine_tuning: FineTuningConfig = Field(default_factory=FineTuningConfig)
     """The fine-tuning jobs API (off by default: `serve.fine_tuning.enabled=true` turns it on)."""
 
