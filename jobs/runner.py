@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -118,7 +117,8 @@ class JobRun:
                     break
                 text = chunk.decode("utf-8", errors="replace")
                 log_file.write(text)
-                tail = (tail + [line for line in re.split(r"[\r\n]+", text) if line.strip()])[-TAIL_LINES:]
+                lines = text.replace("\r", "\n").splitlines()  # tqdm redraws end with \r; kept for people, not parsed
+                tail = (tail + [line for line in lines if line.strip()])[-TAIL_LINES:]
         code = await self.process.wait()
         drain()
         if on_tick:
