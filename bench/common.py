@@ -46,6 +46,13 @@ def default_model_dir() -> Path:
     return run_base(Recipe(), root)
 
 
+def run_options(parser, name: str, profile: str, quick: str) -> None:
+    """The options every bench shares: --profile (what the extra timing shows), --quick (what it shrinks), --out."""
+    parser.add_argument("--profile", action="store_true", help=profile)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", help=f"results file (default bench/results/{name}.json)")
+
+
 def model_arg(value: str | None) -> Path:
     return Path(value).resolve() if value else default_model_dir()
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import SHARED_DATA, goal, log, model_arg, write_result
+from bench.common import SHARED_DATA, goal, log, model_arg, run_options, write_result
 
 GOAL = 4.0
 MMLU_SUBJECTS = ["high_school_geography", "marketing"]
@@ -97,10 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=8, help="items per benchmark (MMLU: half of it per subject)")
     parser.add_argument("--max-gen-toks", type=int, default=64, help="generation cap for GSM8K and HumanEval")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
-    parser.add_argument("--profile", action="store_true", help="also time a prompt pass and decoding, batch 1 vs "
-                        "batched, outside lm-eval: shows where batching can help (+20 s)")
-    parser.add_argument("--quick", action="store_true", help="4 items per benchmark, 32 generated tokens")
-    parser.add_argument("--out", help="results file (default bench/results/evaluation.json)")
+    run_options(parser, "evaluation", profile="also time a prompt pass and decoding, batch 1 vs batched, outside "
+                "lm-eval: shows where batching can help (+20 s)", quick="4 items per benchmark, 32 generated tokens")
     args = parser.parse_args(argv)
     if args.quick:
         args.limit, args.max_gen_toks = 4, 32

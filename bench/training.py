@@ -32,7 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from transformers import TrainerCallback  # noqa: E402  (after the environment above)
 
-from bench.common import RESULTS_DIR, alpaca_messages, goal, log, median, model_arg, write_result  # noqa: E402
+from bench.common import (RESULTS_DIR, alpaca_messages, goal, log, median, model_arg, run_options,  # noqa: E402
+                          write_result)
 
 PACKING_GOAL = 2.0
 STAGE_GOAL = 0.95
@@ -316,10 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for every arm (1: steady on a shared machine; 2 threads on 2 busy cores "
                              "were 5x slower here)")
-    parser.add_argument("--profile", action="store_true", help="also time one forward + backward of the same "
-                        "tokens in the packed, binned and per-document layouts, outside TRL (+1 min)")
-    parser.add_argument("--quick", action="store_true", help="1 timed step, batch 2")
-    parser.add_argument("--out", help="results file (default bench/results/training.json)")
+    run_options(parser, "training", profile="also time one forward + backward of the same tokens in the packed, "
+                "binned and per-document layouts, outside TRL (+1 min)", quick="1 timed step, batch 2")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size = 1, 2

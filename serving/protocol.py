@@ -267,11 +267,17 @@ class ChatChoice(BaseModel):
     finish_reason: FinishReason | None
 
 
-class ChatCompletionResponse(BaseModel):
+class _Reply(BaseModel):
+    """What every completion object and chunk starts with (OpenAI's order: id, object, created, model)."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int = Field(default_factory=now)
     model: str
+
+
+class ChatCompletionResponse(_Reply):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: UsageInfo
 
@@ -303,11 +309,8 @@ class ChatChunkChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Reply):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=now)
-    model: str
     choices: list[ChatChunkChoice]
     usage: UsageInfo | None = None
 
@@ -328,11 +331,8 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(_Reply):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=now)
-    model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
 
