@@ -97,7 +97,7 @@ class JobRun:
         if self.stopped:  # cancelled while the process was being started
             _signal_group(self.process.pid, signal.SIGTERM)
         if cwd == self.workspace:
-            update_job(self.store, self.id, pid=self.process.pid)
+            await asyncio.to_thread(update_job, self.store, self.id, pid=self.process.pid)
         tail: list[str] = []
         ticked = time.monotonic()
         with open(logs / f"{stage}.log", "a", encoding="utf-8") as log_file:
@@ -107,9 +107,7 @@ class JobRun:
                 except asyncio.TimeoutError:
                     chunk = None
                 if time.monotonic() - ticked >= settings.poll_interval_s:
-                    drain()
-                    if on_tick:
-                        on_tick()
+                    await self._off_loop(drain, on_tick)
                     ticked = time.monotonic()
                 if chunk is None:
                     continue
@@ -120,11 +118,20 @@ class JobRun:
                 lines = text.replace("\r", "\n").splitlines()  # tqdm redraws end with \r; kept for people, not parsed
                 tail = (tail + [line for line in lines if line.strip()])[-TAIL_LINES:]
         code = await self.process.wait()
-        drain()
-        if on_tick:
-            on_tick()
+        await self._off_loop(drain, on_tick)
         self.process = None
         return StageExit(code, error, tail)
+
+    @staticmethod
+    async def _off_loop(*work: Callable[[], None] | None) -> None:
+        """Reading the events file and writing events and checkpoint rows (disk and SQLite), in a worker thread: the
+        server's event loop keeps answering requests meanwhile."""
+        def run() -> None:
+            for step in work:
+                if step is not None:
+                    step()
+
+        await asyncio.to_thread(run)
 
     async def stop(self) -> None:
         """SIGTERM to the running stage's process group; SIGKILL after `cancel_grace_s`."""
