@@ -155,17 +155,20 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply the migrations `conn`'s database has not had yet, each in its own transaction; its version after."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise LatheError(f"platform database is at schema version {version}, newer than this Lathe's "
-                         f"{SCHEMA_VERSION}: upgrade Lathe (or point platform.db_path at another file)")
-    for number, (_, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
+    """Apply the migrations `conn`'s database has not had yet, each in its own transaction that re-reads the
+    version under the write lock (two processes opening one old database apply each migration once); returns the
+    version after."""
+    for number, (_, sql) in enumerate(MIGRATIONS, start=1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, sql.split(";")):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LatheError(f"platform database is at schema version {version}, newer than this Lathe's "
+                                 f"{SCHEMA_VERSION}: upgrade Lathe (or point platform.db_path at another file)")
+            if version < number:
+                for statement in filter(str.strip, sql.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -84,7 +84,8 @@ class JobRun:
             nonlocal error
             new = [e for e in reader.read() if e.get("stage") == stage]
             for event in new:
-                if event["type"] == "error":  # a user's error is said as is; anything else says what it was
+                if event["type"] == "error" and error is None:  # the first: a launched stage's ranks tell the cause
+                    # before the launcher reports that they failed. A user's error is said as is.
                     kind, message = event.get("kind"), event.get("message", "")
                     error = message if kind == "user" else f"{kind} error: {message}"
             if on_events and new:

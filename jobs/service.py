@@ -112,16 +112,23 @@ class FineTuningService:
         if Path(job["base_model_dir"]) != Path(self.state.served.model_dir).resolve():
             raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} trained on {job['base_model_dir']}, not "
                                   "on the model this server serves; its adapter would not fit.", "from_checkpoint")
+        if job["status"] in ACTIVE:  # a running job's trainer may still rotate its checkpoints away
+            raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} is {job['status']}; continue it once it "
+                                  "has finished.", "from_checkpoint")
         if step:
             found = checkpoint_path(self.store, job["id"], int(step))
             if found is None:
                 raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} has no checkpoint at step {step} "
                                       "(GET /v1/fine_tuning/jobs/{id}/checkpoints lists them).", "from_checkpoint")
-            return found
-        if job["status"] != "succeeded" or not job["adapter_dir"]:
+        elif job["status"] != "succeeded" or not job["adapter_dir"]:
             raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} is {job['status']}; continue a succeeded "
                                   "job, or one of its checkpoints as `<job id>:<step>`.", "from_checkpoint")
-        return job["adapter_dir"]
+        else:
+            found = job["adapter_dir"]
+        if not (Path(found) / "adapter_model.safetensors").is_file():
+            raise invalid_request(f"from_checkpoint {ref!r}: its adapter is gone from {found} (workspace deleted?).",
+                                  "from_checkpoint")
+        return found
 
     def _fine_tune_file(self, file_id: str, owner: str, param: str) -> dict[str, Any]:
         row = get_file(self.store, file_id, owner)

@@ -117,10 +117,13 @@ def _apply_spec(train: dict[str, Any], spec: dict[str, Any], stage: str) -> None
         train["init_adapter"] = spec["init_adapter"]
     if spec.get("warmup_ratio") is not None:
         train["warmup_ratio"] = spec["warmup_ratio"]
-    for key in ("lr_scheduler", "lr_scheduler_kwargs", "weight_decay", "max_grad_norm", "beta"):
+    for key in ("lr_scheduler", "weight_decay", "max_grad_norm", "beta"):
         if spec.get(key) is not None:
             train[key] = spec[key]
-    if stage == "preference":  # Together's DPO options, as TRL's loss list: RPO = DPO + alpha x SFT on the chosen
+    if spec.get("lr_scheduler") is not None:  # the request's scheduler with its own arguments, none of the base's
+        train["lr_scheduler_kwargs"] = spec.get("lr_scheduler_kwargs") or {}
+    if stage == "preference" and (spec.get("length_normalized") or spec.get("rpo_alpha") is not None):
+        # Together's DPO options, as TRL's loss list: RPO = DPO + alpha x SFT on the chosen
         losses = list(train.get("loss_type") or Recipe().preference.loss_type)
         weights = train.get("loss_weights") or [1.0] * len(losses)
         if spec.get("length_normalized"):

@@ -57,9 +57,8 @@ def pack(stack: AdapterStack, base_ref: dict, folder: Path) -> Path:
             shutil.copy2(adapter_dir / name, target / name)
         entries.append({"stage": stage, "path": target.relative_to(folder).as_posix()})
     last = stack.adapters[-1][1]
-    for path in last.iterdir():  # tokenizer and chat template: what the merged model is saved with
-        if path.is_file() and (path.name.startswith(("tokenizer", "special_tokens", "chat_template"))
-                               or path.name in ("vocab.json", "merges.txt")):
+    for path in last.iterdir():  # the tokenizer's files (whatever they are) and chat template: what the merge saves
+        if path.is_file() and path.name not in (*_ADAPTER_FILES, "lathe_base.json", "README.md"):
             shutil.copy2(path, folder / path.name)
     record = {"format": FORMAT, "base": base_ref, "adapters": entries, "dtype": stack.dtype}
     (folder / STACK_FILE).write_text(json.dumps(record, indent=2) + "\n")

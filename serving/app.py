@@ -74,13 +74,15 @@ def create_app(settings: ServerSettings, planes: Sequence[Plane] = ()) -> FastAP
             yield
         finally:
             state.draining = True
-            for service in services.values():
-                await service.aclose()  # e.g. stops running training stages; their jobs resume at the next start
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            state.served.engine.close()
-            platform.close()
+            try:
+                for service in services.values():
+                    await service.aclose()  # e.g. stops running training stages; their jobs resume at the next start
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                state.served.engine.close()
+                platform.close()
 
     app = FastAPI(title="Lathe", summary="OpenAI-compatible inference server", lifespan=lifespan)
     app.state.lathe = state

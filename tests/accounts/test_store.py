@@ -60,3 +60,30 @@ def test_a_new_database_has_every_table_and_a_newer_one_is_refused(tmp_path):
     store.close()
     with pytest.raises(LatheError, match="newer than this Lathe's"):
         Store(tmp_path / "new.db")
+
+
+def test_two_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path):
+    """Each migration re-reads the version under the write lock: racing openers neither apply one twice (a second
+    `ADD COLUMN` would fail) nor move the version back."""
+    import threading
+
+    db = tmp_path / "platform.db"
+    _old_database(db)
+    stores, errors = [], []
+
+    def open_it():
+        try:
+            stores.append(Store(db))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(stores) == 4
+    assert stores[0].row("PRAGMA user_version")[0] == SCHEMA_VERSION and "job_id" in _columns(stores[0], "usage")
+    for store in stores:
+        store.close()
+    Store(db).close()  # and it opens again

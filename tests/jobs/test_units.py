@@ -103,7 +103,7 @@ def test_a_supervised_job_recipe_trains_the_served_base_on_the_uploaded_file_onl
     ({"training_method": {"method": "dpo", "rpo_alpha": 0}}, "preference", {"loss_type": ["sigmoid"], "loss_weights": [1.0]}),
     ({"training_method": {"method": "dpo", "dpo_normalize_logratios_by_length": True}}, "preference",
      {"loss_type": ["sigmoid_norm", "sft"]}),
-    ({"training_method": {"method": "dpo", "dpo_beta": 0.3}}, "preference", {"beta": 0.3}),
+    ({"training_method": {"method": "dpo", "dpo_beta": 0.3}}, "preference", {"beta": 0.3, "loss_weights": None}),
 ])
 def test_each_together_field_reaches_the_jobs_recipe(body, stage, expected):
     """What the stage runs with is the recipe's section, recorded as the stage manifest's settings."""
