@@ -218,7 +218,8 @@ def stage_recipe(args):
 
 
 def lathe_arm(model_dir: Path, train_file: Path, args, root: Path) -> dict:
-    from pipelines.manifest import sha256_file, write_manifest
+    from pipelines.manifest import write_manifest
+    from recipes.identity import file_sha256
     from pipelines.sft import run_sft
 
     (root / "base").mkdir(parents=True)
@@ -228,7 +229,7 @@ def lathe_arm(model_dir: Path, train_file: Path, args, root: Path) -> dict:
     empty_val.write_text("")
     files = {"sft_train": train_file, "sft_val": empty_val}
     write_manifest(root / "data", stage="data", inputs={}, settings={},
-                   outputs={k: {"path": str(p), "sha256": sha256_file(p)} for k, p in files.items()})
+                   outputs={k: {"path": str(p), "sha256": file_sha256(p)} for k, p in files.items()})
     import torch
 
     torch.manual_seed(0)

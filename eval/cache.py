@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from recipes.identity import file_sha256, model_hash  # noqa: F401 - the one content hash, re-exported here
+from recipes.identity import file_sha256
 
 
 def tree_sha256(paths: list[Path]) -> str:

@@ -35,7 +35,8 @@ from recipes.schema import SuiteConfig
 
 from eval import records
 from eval import suites as catalog
-from eval.cache import EvalCache, atomic_write, file_sha256, model_hash, settings_key, tree_sha256
+from eval.cache import EvalCache, atomic_write, settings_key, tree_sha256
+from recipes.identity import file_sha256, model_hash
 
 log = logging.getLogger("lathe.eval")
 

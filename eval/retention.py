@@ -30,7 +30,8 @@ import math
 import time
 from pathlib import Path
 
-from eval.cache import atomic_write, file_sha256, model_hash
+from eval.cache import atomic_write
+from recipes.identity import file_sha256, model_hash
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "general.jsonl"
 MAX_NEW_TOKENS = 96

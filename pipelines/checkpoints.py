@@ -67,9 +67,9 @@ def checkpoint_dir(stage: str, settings: dict, inputs: dict, artifacts: Path = P
     be "resumed" into zero steps of training on the old model.)"""
     import hashlib
 
-    from pipelines.manifest import sha256_file
+    from recipes.identity import file_sha256
 
-    upstream_manifest = sha256_file(Path(artifacts) / upstream / "manifest.json")
+    upstream_manifest = file_sha256(Path(artifacts) / upstream / "manifest.json")
     key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "upstream": upstream_manifest},
                                     sort_keys=True, default=str).encode())
     artifacts = Path(artifacts)

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from pipelines import replay, skills
 from pipelines.formats import RowError, normalize_preference, normalize_sft, read_rows
-from pipelines.manifest import sha256_file, stage_dir, write_manifest
+from pipelines.manifest import stage_dir, write_manifest
+from recipes.identity import file_sha256
 from recipes.errors import LatheError
 from recipes.schema import DatasetSpec, Recipe
 
@@ -66,7 +67,7 @@ def load_spec(spec: DatasetSpec, normalize: Normalizer, rejects: Rejects, rng: r
     if spec.weight != 1.0 and good:
         target = max(1, round(len(good) * spec.weight))
         good = [good[i % len(good)] for i in range(target)] if spec.weight > 1 else rng.sample(good, target)
-    info = {"path": str(path), "sha256": sha256_file(path), "rows_read": total, "rows_kept": len(good),
+    info = {"path": str(path), "sha256": file_sha256(path), "rows_read": total, "rows_kept": len(good),
             "format": spec.format, "weight": spec.weight}
     return good, info
 
@@ -81,8 +82,8 @@ def bfcl_rows(mirror: Path, subsets: list[str]) -> tuple[list[dict], list[dict]]
         if not (questions.exists() and answers.exists()):
             raise LatheError(f"data.tools: {questions} or its answers file is missing (BFCL v4 under eval.mirror_dir/bfcl)")
         rows += [normalize_sft(row) for row in tools.training_rows(mirror, subset)]
-        sources.append({"generated": "bfcl", "subset": subset, "path": str(questions), "sha256": sha256_file(questions),
-                        "answers_sha256": sha256_file(answers)})
+        sources.append({"generated": "bfcl", "subset": subset, "path": str(questions), "sha256": file_sha256(questions),
+                        "answers_sha256": file_sha256(answers)})
     return rows, sources
 
 
@@ -158,7 +159,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> dict:
     with open(path, "w", encoding="utf-8", errors="backslashreplace") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {"path": str(path), "rows": len(rows), "sha256": sha256_file(path)}
+    return {"path": str(path), "rows": len(rows), "sha256": file_sha256(path)}
 
 
 def run_data(recipe: Recipe, root: Path = Path("artifacts")) -> dict:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from recipes.errors import LatheError
-from recipes.identity import file_sha256 as sha256_file  # noqa: F401 - the stages' name for it
 
 ARTIFACTS = Path("artifacts")
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from pipelines import launch, training
 from pipelines.checkpoints import checkpoint_dir, last_good_checkpoint
 from pipelines.formats import RowError, normalize_sft, read_rows
-from pipelines.manifest import read_manifest, sha256_file, stage_dir, write_manifest
+from pipelines.manifest import read_manifest, stage_dir, write_manifest
+from recipes.identity import file_sha256
 from pipelines.rewards import REWARDS
 from recipes.errors import LatheError
 from recipes.schema import Recipe
@@ -85,7 +86,7 @@ def run_rl(recipe: Recipe, root: Path = Path("artifacts")) -> dict:
     tokenizer = training.load_tokenizer(base_dir)
     check_lengths(rows, tokenizer, cfg.max_seq_length, source)
     # Arguments before the model: with ZeRO-3 they make from_pretrained load each rank's shard only.
-    prompts = {"path": str(source), "sha256": sha256_file(source), "rows": len(rows)}
+    prompts = {"path": str(source), "sha256": file_sha256(source), "rows": len(rows)}
     checkpoints = checkpoint_dir("rl", cfg.model_dump(mode="json"), {"data": prompts["sha256"]}, root,
                                  upstream="preference")
     args = GRPOConfig(**training.common_args(cfg, checkpoints, False), **launch.deepspeed_args(recipe),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.cache import model_hash
+from recipes.identity import model_hash
 from eval.harness import flat_metrics, run_suites
 from eval.suites import STANDARD_FEWSHOT
 from recipes.errors import LatheError
