@@ -76,3 +76,11 @@ def test_no_module_is_over_400_lines():
     long = [f"{path.relative_to(ROOT)}: {n}" for _, path in _modules()
             if (n := len(path.read_text().splitlines())) > 400]
     assert not long, long
+
+
+def test_every_room_is_installed():
+    """An installed Lathe (not only this checkout on sys.path) has every package: pyproject's find list names them."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p for p in PACKAGES if p != "bench" and f"{p}*" not in include) == []
