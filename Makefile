@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh clone (only Python 3.11 needed):
 #   make demo   — set up, then run the whole DVC chain on the embedded default model
 #   make test   — set up, then run the test suite
+#   make check-demo — run the demo in a copy of the project and check what it promises (CI runs it too)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test serve ui clean
+.PHONY: setup demo test check-demo serve ui clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +25,9 @@ demo: setup
 
 test: setup
 	DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs
+
+check-demo: setup
+	DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs -m demo tests/test_demo.py
 
 serve: setup
 	$(BIN)/lathe serve
