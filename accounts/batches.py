@@ -40,6 +40,14 @@ def list_batches(store: Store, owner: str, after: str | None, limit: int) -> tup
     return page(store, "batches", "owner = ?", [owner], after, limit)
 
 
+def unfinished_with(store: Store, owner: str, key: str, value: str) -> str | None:
+    """The newest of `owner`'s unfinished batches whose metadata has `key` = `value` (an offline run's identity)."""
+    marks = ", ".join("?" for _ in ACTIVE)
+    row = store.row(f"SELECT id FROM batches WHERE owner = ? AND status IN ({marks}) AND "
+                    "json_extract(metadata, '$.' || ?) = ? ORDER BY seq DESC LIMIT 1", (owner, *ACTIVE, key, value))
+    return row["id"] if row is not None else None
+
+
 def mark_cancelling(store: Store, batch_id: str) -> None:
     store.execute("UPDATE batches SET status = 'cancelling', cancelling_at = ? WHERE id = ? AND "
                   "status IN ('validating', 'in_progress')", (time.time(), batch_id))

@@ -19,16 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.serve import ALIASES, server_settings
 from recipes import LatheError
 from recipes.schema import Recipe
 
 OWNER = "offline"
-ALIASES = ("champion", "candidate")
 
 
 def main(recipe: Recipe, args) -> int:
     from registry import models
-    from serving.settings import ServerSettings
 
     source, target = Path(args.input), Path(args.output)
     if not source.is_file():
@@ -39,20 +38,10 @@ def main(recipe: Recipe, args) -> int:
 
         tracking.configure(recipe.registry.tracking_uri, Path.cwd())
     model_dir = models.resolve(ref, default_name=recipe.registry.model_name)
-    settings = ServerSettings(model_dir=model_dir, model_name=args.served_name or _served_name(ref, recipe, model_dir),
-                              engine=recipe.serve.engine, torch_threads=recipe.serve.torch_threads,
-                              platform=recipe.platform)
+    # the server's own settings (recipe `serve:`, LATHE_SERVE_* over it), so a batch runs as `lathe serve` would
+    settings = server_settings(recipe, ref, Path(model_dir), served_name=args.served_name)
     errors_path = Path(args.errors) if args.errors else target.with_name(target.stem + ".errors.jsonl")
     return asyncio.run(_run(settings, source, target, errors_path, args.endpoint))
-
-
-def _served_name(ref: str, recipe: Recipe, model_dir: Path) -> str:
-    """The `model` the lines may name: as `lathe serve` would call it (lines may also omit it)."""
-    if ref in ALIASES:
-        return recipe.registry.model_name
-    if ref.startswith("models:/"):
-        return ref.removeprefix("models:/").split("@")[0].split("/")[0]
-    return Path(model_dir).name
 
 
 async def _run(settings, source: Path, target: Path, errors_path: Path, endpoint: str) -> int:
@@ -95,17 +84,15 @@ async def _run(settings, source: Path, target: Path, errors_path: Path, endpoint
 
 def _batch_for(platform, content: bytes, source: Path, target: Path, endpoint: str) -> str:
     """The unfinished batch of an earlier run of the same command, or a new one."""
-    from accounts.batches import ACTIVE
+    from accounts.batches import unfinished_with
     from accounts.files import save_file
     from serving.batches import create_batch
 
     run_key = hashlib.sha256(content + f"\0{endpoint}\0{target.resolve()}".encode()).hexdigest()
-    marks = ", ".join("?" for _ in ACTIVE)
-    row = platform.store.row(f"SELECT id FROM batches WHERE owner = ? AND status IN ({marks}) AND "
-                             "json_extract(metadata, '$.run') = ? ORDER BY seq DESC LIMIT 1", (OWNER, *ACTIVE, run_key))
-    if row is not None:
-        print(f"resuming batch {row['id']} (an earlier run of this command stopped before the end)", file=sys.stderr)
-        return row["id"]
+    earlier = unfinished_with(platform.store, OWNER, "run", run_key)
+    if earlier is not None:
+        print(f"resuming batch {earlier} (an earlier run of this command stopped before the end)", file=sys.stderr)
+        return earlier
     limits = platform.config.batch
     upload = save_file(platform.store, OWNER, source.name, "batch", content)
     window = f"{int(limits.max_completion_window_h * 3600)}s"  # offline: no deadline but the longest allowed

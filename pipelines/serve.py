@@ -33,20 +33,25 @@ def main(recipe: Recipe, args) -> int:
     return 0
 
 
-def server_settings(recipe: Recipe, ref: str, model_dir: Path, host: str | None = None, port: int | None = None):
-    """The server's settings: every knob of the recipe's `serve:` as set, the command line's host and port over
-    them, and the served name and registry reference from `ref`."""
-    from serving.settings import ServerSettings
+def server_settings(recipe: Recipe, ref: str, model_dir: Path, host: str | None = None, port: int | None = None,
+                    served_name: str | None = None):
+    """The server's settings: every knob of the recipe's `serve:` as set, `LATHE_SERVE_<KNOB>` variables over them,
+    the command line's host and port over both (serving/settings.py), and the served name and registry reference
+    from `ref` (`served_name` overrides the name)."""
+    from serving.settings import layered
 
     follows_registry = ref in ALIASES or (ref.startswith("models:/") and "@" in ref)
+    return layered(recipe.serve.model_dump(include=set(ServerTuning.model_fields)), {"host": host, "port": port},
+                   model_dir=model_dir, model_name=served_name or served_model_name(ref, recipe, model_dir),
+                   model_ref=ref if follows_registry else None,
+                   registry_model_name=recipe.registry.model_name if follows_registry else None,
+                   platform=recipe.platform)
+
+
+def served_model_name(ref: str, recipe: Recipe, model_dir: Path) -> str:
+    """The `model` clients pass: the registered name for an alias or models:/ reference, else the directory's name."""
     if ref in ALIASES:
-        name = recipe.registry.model_name
-    elif ref.startswith("models:/"):
-        name = ref.removeprefix("models:/").split("@")[0].split("/")[0]
-    else:
-        name = Path(model_dir).name
-    tuning = recipe.serve.model_dump(include=set(ServerTuning.model_fields))
-    tuning.update({k: v for k, v in (("host", host), ("port", port)) if v})
-    return ServerSettings(**tuning, model_dir=model_dir, model_name=name, model_ref=ref if follows_registry else None,
-                          registry_model_name=recipe.registry.model_name if follows_registry else None,
-                          platform=recipe.platform)
+        return recipe.registry.model_name
+    if ref.startswith("models:/"):
+        return ref.removeprefix("models:/").split("@")[0].split("/")[0]
+    return Path(model_dir).name

@@ -1,10 +1,12 @@
-"""`lathe serve` passes every knob of the recipe's `serve:` to the server (one definition: ServerTuning), the
-command line's host and port over them."""
+"""`lathe serve` passes every knob of the recipe's `serve:` to the server (one definition: ServerTuning),
+`LATHE_SERVE_<KNOB>` variables over them, the command line's host and port over both."""
 
 from pathlib import Path
 
+import pytest
+
 from pipelines.serve import server_settings
-from recipes import load_recipe
+from recipes import LatheError, load_recipe
 from recipes.serve_schema import ServerTuning
 
 
@@ -19,3 +21,40 @@ def test_every_serve_knob_reaches_the_server_and_the_command_line_wins():
         if field != "port":
             assert getattr(settings, field) == getattr(recipe.serve, field), field
     assert server_settings(recipe, "/models/x", Path("/models/x")).model_ref is None  # a folder is not followed
+
+
+def test_the_environment_sits_between_the_recipe_and_the_command_line(monkeypatch):
+    recipe = load_recipe("default", ["serve.max_queue=32", "serve.port=9001", "serve.torch_threads=2"])
+    monkeypatch.setenv("LATHE_SERVE_MAX_QUEUE", "5")
+    monkeypatch.setenv("LATHE_SERVE_PORT", "9002")
+    monkeypatch.setenv("lathe_serve_torch_threads", "null")  # any case; `null` unsets an optional knob
+    monkeypatch.setenv("LATHE_SERVE_SANITIZE_CONTROL_TOKENS", "false")
+    settings = server_settings(recipe, "champion", Path("/models/x"))
+    assert (settings.max_queue, settings.port, settings.torch_threads) == (5, 9002, None)
+    assert settings.sanitize_control_tokens is False and settings.max_batch_size == recipe.serve.max_batch_size
+    assert server_settings(recipe, "champion", Path("/models/x"), port=9100).port == 9100  # --port over both
+
+
+def test_a_misspelt_or_bad_environment_setting_is_refused_by_name(monkeypatch):
+    recipe = load_recipe("default")
+    monkeypatch.setenv("LATHE_SERVE_MAX_QUEU", "5")
+    with pytest.raises(LatheError, match="LATHE_SERVE_MAX_QUEU set no server setting.*LATHE_SERVE_MAX_QUEUE"):
+        server_settings(recipe, "champion", Path("/models/x"))
+    monkeypatch.delenv("LATHE_SERVE_MAX_QUEU")
+    monkeypatch.setenv("LATHE_SERVE_MAX_QUEUE", "0")
+    with pytest.raises(LatheError, match="environment LATHE_SERVE_MAX_QUEUE='0': Input should be greater than"):
+        server_settings(recipe, "champion", Path("/models/x"))
+    monkeypatch.setenv("LATHE_SERVE_MAX_QUEUE", "4")
+    with pytest.raises(LatheError, match="command line --port: Input should be less than"):
+        server_settings(recipe, "champion", Path("/models/x"), port=70000)
+
+
+def test_lathe_batch_run_takes_the_same_settings_as_lathe_serve(monkeypatch):
+    """`lathe batch run` builds its settings with the server's function: every serve knob, the environment's too."""
+    from pipelines import batch
+
+    assert batch.server_settings is server_settings
+    recipe = load_recipe("default", ["serve.max_batch_size=3"])
+    monkeypatch.setenv("LATHE_SERVE_MAX_N", "2")
+    settings = server_settings(recipe, "champion", Path("/models/x"), served_name="offline-name")
+    assert (settings.max_batch_size, settings.max_n, settings.model_name) == (3, 2, "offline-name")
