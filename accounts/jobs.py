@@ -31,17 +31,20 @@ def bill_job(store: Store, job_id: str, record: UsageRecord, cost: float) -> boo
     return True
 
 
-def succeeded_adapters(db: Path, base_model_dir: str) -> list[tuple[str, str]]:
-    """(served name, adapter dir) of the succeeded jobs trained on `base_model_dir` and of their checkpoints
-    (`<fine_tuned_model>:ckpt-step-N`), read-only (before a server opens the database for writing); [] when the
-    database has no jobs table yet."""
+def succeeded_outputs(db: Path, full: bool, base_model_dir: str | None = None) -> list[tuple[str, str]]:
+    """(served name, directory) of the succeeded jobs' results and of their checkpoints
+    (`<fine_tuned_model>:ckpt-step-N`): LoRA jobs' adapters trained on `base_model_dir`, or (`full`) Full jobs'
+    whole models. Read-only (before a server opens the database for writing); [] when the database has no jobs
+    table yet."""
+    where = ("j.status = 'succeeded' AND COALESCE(json_extract(j.spec, '$.full'), 0) = ? AND "
+             "(? IS NULL OR j.base_model_dir = ?)")
+    params = (int(full), base_model_dir, base_model_dir)
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             return conn.execute(
-                "SELECT fine_tuned_model, adapter_dir FROM fine_tuning_jobs WHERE status = 'succeeded' AND "
-                "base_model_dir = ? UNION ALL SELECT j.fine_tuned_model || ':ckpt-step-' || c.step, c.path FROM "
-                "fine_tuning_checkpoints c JOIN fine_tuning_jobs j ON j.id = c.job_id WHERE j.status = 'succeeded' "
-                "AND j.base_model_dir = ?", (base_model_dir, base_model_dir)).fetchall()
+                f"SELECT j.fine_tuned_model, j.adapter_dir FROM fine_tuning_jobs j WHERE {where} UNION ALL "
+                "SELECT j.fine_tuned_model || ':ckpt-step-' || c.step, c.path FROM fine_tuning_checkpoints c "
+                f"JOIN fine_tuning_jobs j ON j.id = c.job_id WHERE {where}", params + params).fetchall()
     except sqlite3.OperationalError:
         return []
 

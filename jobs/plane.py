@@ -6,6 +6,7 @@ serves again, and the queue. Composed into a server by whoever starts one with j
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from serving.state import ServerState
 
 
+log = logging.getLogger("lathe.serving")
+
+
 class JobsPlane:
     name = "fine_tuning"
     router = router
@@ -27,11 +31,29 @@ class JobsPlane:
         self.config = config
 
     def adapters(self, settings: "ServerSettings") -> dict[str, Path]:
-        from jobs.service import restore_adapters
+        """{fine_tuned_model: adapter dir} of the succeeded LoRA jobs trained on this server's base model, read
+        before the engine is created so that it loads them with the base (a restart keeps serving them)."""
+        if settings.engine != "transformers":
+            return {}
+        return _found(settings, False, str(Path(settings.model_dir).resolve()))
 
-        return restore_adapters(settings)
+    def models(self, settings: "ServerSettings") -> dict[str, Path]:
+        """{fine_tuned_model: model dir} of the succeeded Full jobs (and their checkpoints): served again after a
+        restart, each loaded when first called."""
+        return _found(settings, True)
 
     def start(self, settings: "ServerSettings", state: "ServerState", platform: "Platform") -> "FineTuningService":
         from jobs.service import FineTuningService
 
         return FineTuningService(settings, self.config, state, platform)
+
+
+def _found(settings: "ServerSettings", full: bool, base_model_dir: str | None = None) -> dict[str, Path]:
+    from accounts.jobs import succeeded_outputs
+
+    db = Path(settings.platform.db_path)
+    rows = succeeded_outputs(db, full, base_model_dir) if db.exists() else []
+    found = {name: Path(path) for name, path in rows if path and Path(path).is_dir()}
+    if len(found) < len(rows):
+        log.warning("%d fine-tuned model(s) are gone from disk and are not served", len(rows) - len(found))
+    return found

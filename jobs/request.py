@@ -11,8 +11,11 @@ same lora fields}), `warmup_ratio`, `lr_scheduler` ({lr_scheduler_type: linear|c
 train_on_inputs, dpo_beta, rpo_alpha (the weight of TRL's `sft` loss beside `sigmoid`),
 dpo_normalize_logratios_by_length (`sigmoid_norm`)}).
 
-Every field changes the run or is a 400 naming it and why: `training_type: Full` (a job's result is served as
-an adapter), `simpo_gamma` and `dpo_reference_free` (not in TRL's DPOTrainer), Hugging Face
+`training_type: {type: Full}` (or `lora: false`) trains every weight; the result is a whole model, served beside
+the base model (serve.max_full_models, serving/model_pool.py).
+
+Every field changes the run or is a 400 naming it and why: LoRA settings on a Full job, `from_checkpoint` with
+Full, `simpo_gamma` and `dpo_reference_free` (not in TRL's DPOTrainer), Hugging Face
 hub fields, a non-empty W&B integration, and any field neither API defines. A setting given twice with
 different values (e.g. `n_epochs` and `hyperparameters.n_epochs`) is a 400 naming both; "auto" or absent means
 "the base recipe's value".
@@ -125,7 +128,7 @@ class CreateJob(_Open, ValidUnicodeBody):
 
 
 # Settings a JobSpec carries; None = the base recipe's value.
-SPEC_KEYS = ("from_checkpoint", "batch_size", "learning_rate", "learning_rate_multiplier", "n_epochs", "beta", "lora_r",
+SPEC_KEYS = ("full", "from_checkpoint", "batch_size", "learning_rate", "learning_rate_multiplier", "n_epochs", "beta", "lora_r",
              "lora_alpha", "lora_dropout", "target_modules", "warmup_ratio", "n_checkpoints", "n_evals", "train_on_inputs",
              "lr_scheduler", "lr_scheduler_kwargs", "weight_decay", "max_grad_norm", "rpo_alpha", "length_normalized")
 # Fields that change nothing a job trains (experiment trackers we do not send to): accepted when empty.
@@ -140,14 +143,6 @@ REFUSED = {
 def job_spec(body: CreateJob) -> dict[str, Any]:
     """{method: supervised|dpo, <SPEC_KEYS>...}: the request's training settings, checked and merged."""
     _refuse_unknown(body)
-    if body.training_type is not None and body.training_type.type.lower() == "full":
-        raise invalid_request("training_type Full is not offered by this server: a job's result is served as a LoRA "
-                              "adapter on the loaded base model. Use {type: Lora}, or run `lathe sft "
-                              "sft.method=full` offline.", "training_type.type")
-    if body.lora is False:
-        raise invalid_request("Full fine-tuning (lora: false) is not offered by this server: a job's result is "
-                              "served as a LoRA adapter on the loaded base model. Use lora: true, or run "
-                              "`lathe sft sft.method=full` offline.", "lora")
     if body.suffix is not None and not SUFFIX.match(body.suffix):
         raise invalid_request(f"suffix {body.suffix!r}: use 1-64 letters, digits, '-' or '_'.", "suffix")
     method = _method(body)
@@ -180,6 +175,16 @@ def job_spec(body: CreateJob) -> dict[str, Any]:
         put("lora_alpha", holder.lora_alpha, prefix + "lora_alpha")
         put("lora_dropout", holder.lora_dropout, prefix + "lora_dropout")
         put("target_modules", _modules(holder.lora_trainable_modules), prefix + "lora_trainable_modules")
+    if body.training_type is not None:
+        put("full", body.training_type.type.lower() == "full", "training_type.type")
+    if body.lora is not None and spec["full"] is not None and body.lora == spec["full"]:
+        raise invalid_request(f"lora: {str(body.lora).lower()} contradicts training_type.type: "
+                              f"{body.training_type.type}; give it once.", "lora")
+    put("full", None if body.lora is None else not body.lora, "lora")
+    lora_set = [key for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules") if spec[key] is not None]
+    if spec["full"] and lora_set:
+        raise invalid_request(f"{sources[lora_set[0]]} applies to LoRA training; this job is Full "
+                              f"({sources['full']}). Drop one.", sources[lora_set[0]])
     put("weight_decay", body.weight_decay, "weight_decay")
     put("max_grad_norm", body.max_grad_norm, "max_grad_norm")
     if body.lr_scheduler is not None:
@@ -212,6 +217,9 @@ def job_spec(body: CreateJob) -> dict[str, Any]:
                                   "training_method")
     if body.from_checkpoint is not None:
         spec["from_checkpoint"] = body.from_checkpoint.strip()
+        if spec["full"]:
+            raise invalid_request("from_checkpoint continues a LoRA job's adapter; a Full job starts from the served "
+                                  f"base model ({sources['full']}). Drop one.", "from_checkpoint")
         fixed = [key for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules") if spec[key] is not None]
         if fixed:
             raise invalid_request(f"{sources[fixed[0]]}: a job continued from_checkpoint keeps that adapter's LoRA "

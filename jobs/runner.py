@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from accounts.jobs import add_event, sync_checkpoints, update_job
+from accounts.files import file_size
+from accounts.jobs import add_event, get_job, sync_checkpoints, update_job
 from jobs import progress, workspace
 from recipes.events import EventReader
 from recipes.stages import JOB_STAGES
@@ -98,7 +99,7 @@ class JobRun:
         if self.stopped:  # cancelled while the process was being started
             _signal_group(self.process.pid, signal.SIGTERM)
         if cwd == self.workspace:
-            await asyncio.to_thread(update_job, self.store, self.id, pid=self.process.pid)
+            await self.service.db(update_job, self.id, pid=self.process.pid)
         tail: list[str] = []
         ticked = time.monotonic()
         with open(logs / f"{stage}.log", "a", encoding="utf-8") as log_file:
@@ -153,13 +154,15 @@ class JobRun:
         """validating_files -> queued, or failed with every bad row named (file id, line, reason). One `data`
         run checks both files: the validation file is the recipe's `data.*_validation`, trained as written."""
         settings, job = self.service.settings, self.job
+        if not await self._still("validating_files"):
+            return
         params = {"training_file": job["training_file"]}
         if job["validation_file"]:
             params["validation_file"] = job["validation_file"]
         for param, file_id in params.items():
-            size = self.service.file_bytes(file_id)
+            size = await self.service.db(file_size, file_id)
             if size > settings.max_file_bytes:
-                return self.fail("invalid_file", f"File {file_id} is {size} bytes; fine-tuning files may have at "
+                return await self.fail("invalid_file", f"File {file_id} is {size} bytes; fine-tuning files may have at "
                                                  f"most {settings.max_file_bytes} bytes.", param)
         result = await self.run_stage("data", self.workspace)
         if self.stopped:
@@ -167,12 +170,12 @@ class JobRun:
         if result.code != 0:  # a whole file it could not read: the message names it
             message = self._name_files(result.why())
             param = next((p for p, f in reversed(params.items()) if f in message), "training_file")
-            return self.fail(f"invalid_{param}", message, param)
+            return await self.fail(f"invalid_{param}", message, param)
         rows = self._rows()
         for param, file_id in params.items():
-            problem = self._check_data(file_id, rows[param])
+            problem = await asyncio.to_thread(self._check_data, file_id, rows[param])  # reads every rejected row
             if problem:
-                return self.fail(f"invalid_{param}", problem, param)
+                return await self.fail(f"invalid_{param}", problem, param)
         recipe_path = self.workspace / "recipe.yaml"
         recipe = workspace.read_recipe(recipe_path)
         every = workspace.save_steps(recipe, rows["training_file"], self.spec.get("n_checkpoints")
@@ -184,8 +187,8 @@ class JobRun:
         workspace.write_recipe(recipe_path, recipe)
         counts = f"{rows['training_file']} training rows" + (
             f", {rows['validation_file']} validation rows" if "validation_file" in params else "")
-        update_job(self.store, self.id, status="queued", pid=None, when_status=("validating_files",),
-                   event=f"Files validated ({counts}); job queued")
+        await self.service.db(update_job, self.id, status="queued", pid=None, when_status=("validating_files",),
+                              event=f"Files validated ({counts}); job queued")
 
     def _rows(self) -> dict[str, int]:
         """Usable rows per file, from the data stage's manifest."""
@@ -217,6 +220,8 @@ class JobRun:
 
     async def train(self) -> None:
         """running -> succeeded (stages done, tokens billed, model served) or failed, unless stopped."""
+        if not await self._still("running"):
+            return
         done = json.loads(self.job["done_stages"])
         trainer = training_stage(self.spec)
         for stage in JOB_STAGES:
@@ -224,7 +229,7 @@ class JobRun:
                 return
             if stage in done:
                 continue
-            update_job(self.store, self.id, stage=stage, event=f"Running stage '{stage}'")
+            await self.service.db(update_job, self.id, stage=stage, event=f"Running stage '{stage}'")
             started = time.monotonic()
             if stage == trainer:
                 result = await self._train_stage(stage)
@@ -233,12 +238,13 @@ class JobRun:
             if self.stopped:
                 return
             if result.code != 0:
-                return self.fail("stage_failed", f"Stage '{stage}' failed (exit code {result.code}): {result.why()} "
-                                                 f"(its output: logs/{stage}.log in the job's workspace)")
+                return await self.fail("stage_failed", f"Stage '{stage}' failed (exit code {result.code}): "
+                                                       f"{result.why()} (its output: logs/{stage}.log in the job's "
+                                                       "workspace)")
             await self.service.after_stage(self.job, stage, self.workspace, time.monotonic() - started)
             done.append(stage)
-            update_job(self.store, self.id, done_stages=done, pid=None,
-                       event=f"Stage '{stage}' finished in {time.monotonic() - started:.0f} s")
+            await self.service.db(update_job, self.id, done_stages=done, pid=None,
+                                  event=f"Stage '{stage}' finished in {time.monotonic() - started:.0f} s")
         if not self.stopped:
             await self.service.finish(self.job, self.workspace)
 
@@ -246,7 +252,8 @@ class JobRun:
         """The training stage: its log events become metrics events, its checkpoints checkpoint rows."""
         resumed = progress.finished_checkpoints(self.workspace, stage)
         if resumed:
-            add_event(self.store, self.id, f"Resuming training from the checkpoint at step {resumed[-1].step}")
+            await self.service.db(add_event, self.id,
+                                  f"Resuming training from the checkpoint at step {resumed[-1].step}")
 
         def on_events(events: list[dict]) -> None:
             for event in events:
@@ -267,10 +274,17 @@ class JobRun:
 
         return await self.run_stage(stage, self.workspace, on_events, on_tick)
 
-    def fail(self, code: str, message: str, param: str | None = None) -> None:
+    async def _still(self, status: str) -> bool:
+        """Whether the job is still `status` now that this run is registered (a cancel that came between the queue's
+        read and the start is seen here; one that comes later stops the run)."""
+        job = await self.service.db(get_job, self.id)
+        return job is not None and job["status"] == status
+
+    async def fail(self, code: str, message: str, param: str | None = None) -> None:
         error = {"code": code, "message": message, "param": param}
-        update_job(self.store, self.id, status="failed", error=error, finished_at=time.time(), pid=None,
-                   when_status=("validating_files", "running"), level="error", event=f"Job failed: {message}")
+        await self.service.db(update_job, self.id, status="failed", error=error, finished_at=time.time(), pid=None,
+                              when_status=("validating_files", "running"), level="error",
+                              event=f"Job failed: {message}")
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -13,7 +13,6 @@ One server per platform database runs the queue (the workspaces are on its disk)
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -21,12 +20,12 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from accounts.files import FINE_TUNE_PURPOSE, file_content, get_file
 from accounts.jobs import (ACTIVE, FINISHED, add_event, bill_job, checkpoint_path, checkpoints_of, get_job, insert_job,
-                           job_by_model, jobs_with_status, new_job_id, succeeded_adapters, sync_checkpoints,
-                           update_job)
+                           job_by_model, jobs_with_status, new_job_id, sync_checkpoints, update_job)
 from accounts.usage import UsageRecord
 from jobs import workspace
 from jobs.progress import finished_checkpoints
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lathe.serving")
 
+T = TypeVar("T")
 ENDPOINT = "/v1/fine_tuning/jobs"  # the usage rows of training tokens
 CODE_ROOT = Path(__file__).resolve().parents[1]  # holds pipelines/: the stage processes import it from here
 
@@ -76,11 +76,17 @@ class FineTuningService:
             raise invalid_request(f"This server's engine '{server.engine}' cannot serve LoRA adapters, so it cannot "
                                   "serve a fine-tuned model; run the server with engine 'transformers'.", "model")
         spec = job_spec(body)
+        if spec["full"] and server.max_full_models == 0:
+            raise invalid_request("Full fine-tuning is off on this server: it keeps no whole model beside the base "
+                                  "(serve.max_full_models is 0). Use LoRA, or ask for a server that allows it.",
+                                  "training_type.type")
         if spec.get("from_checkpoint"):
             spec["init_adapter"] = await asyncio.to_thread(self._checkpoint_adapter, spec["from_checkpoint"], owner)
-        files = {"training_file": self._fine_tune_file(body.training_file, owner, "training_file")}
+        files = {"training_file": await asyncio.to_thread(self._fine_tune_file, body.training_file, owner,
+                                                          "training_file")}
         if body.validation_file:
-            files["validation_file"] = self._fine_tune_file(body.validation_file, owner, "validation_file")
+            files["validation_file"] = await asyncio.to_thread(self._fine_tune_file, body.validation_file, owner,
+                                                               "validation_file")
         job_id = new_job_id()
         seed = next((v for v in (body.seed, body.random_seed) if v is not None), None)
         seed = seed if seed is not None else random.randrange(2**31)
@@ -92,14 +98,19 @@ class FineTuningService:
         except BaseException:
             shutil.rmtree(self.workspace(job_id), ignore_errors=True)
             raise
-        insert_job(self.store, {
+        await self.db(insert_job, {
             "id": job_id, "owner": owner, "model": server.model_name,
             "base_model_dir": str(base_dir), "training_file": body.training_file,
             "validation_file": body.validation_file, "spec": json.dumps(spec), "suffix": body.suffix, "seed": seed,
             "metadata": json.dumps(body.metadata) if body.metadata is not None else None,
             "status": "validating_files", "fine_tuned_model": name, "created_at": time.time()})
         self.wakeup.set()
-        return get_job(self.store, job_id)
+        return await self.db(get_job, job_id)
+
+    async def db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """An accounts/ call on the platform store, in a worker thread: the queue's coroutines never wait on SQLite
+        on the event loop, which keeps answering requests meanwhile."""
+        return await asyncio.to_thread(call, self.store, *args, **kwargs)
 
     def _checkpoint_adapter(self, ref: str, owner: str) -> str:
         """Together's `from_checkpoint`: `<job id>` or its fine-tuned model name (the job's final adapter), with
@@ -112,6 +123,9 @@ class FineTuningService:
         if Path(job["base_model_dir"]) != Path(self.state.served.model_dir).resolve():
             raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} trained on {job['base_model_dir']}, not "
                                   "on the model this server serves; its adapter would not fit.", "from_checkpoint")
+        if json.loads(job["spec"]).get("full"):
+            raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} was a Full fine-tune; from_checkpoint "
+                                  "continues a LoRA job's adapter.", "from_checkpoint")
         if job["status"] in ACTIVE:  # a running job's trainer may still rotate its checkpoints away
             raise invalid_request(f"from_checkpoint {ref!r}: job {job['id']} is {job['status']}; continue it once it "
                                   "has finished.", "from_checkpoint")
@@ -165,49 +179,49 @@ class FineTuningService:
         (folder / ".lathe" / "eval-cache").symlink_to(cache, target_is_directory=True)
 
     async def cancel(self, job_id: str, owner: str) -> dict[str, Any]:
-        job = get_job(self.store, job_id, owner)
+        job = await self.db(get_job, job_id, owner)
         if job is None:
             raise not_found(f"No fine-tuning job with id '{job_id}'.", "fine_tuning_job_id")
         if job["status"] in FINISHED:
             raise invalid_request(f"Job '{job_id}' has already {job['status']}; only validating, queued or running "
                                   "jobs can be cancelled.", "fine_tuning_job_id", "job_not_cancellable")
-        update_job(self.store, job_id, status="cancelled", finished_at=time.time(), when_status=ACTIVE,
-                   event="Job cancelled")
+        await self.db(update_job, job_id, status="cancelled", finished_at=time.time(), when_status=ACTIVE,
+                      event="Job cancelled")
         running = self.runs.get(job_id)
         if running is not None:
             await running[0].stop()  # the stage's process group; its finished checkpoints stay
-        kept = self._record_checkpoints(job)
+        kept = await asyncio.to_thread(self._record_checkpoints, job)
         if kept:
-            add_event(self.store, job_id, f"Kept {len(kept)} finished checkpoint(s): step(s) "
-                                          f"{', '.join(str(c.step) for c in kept)}")
-        update_job(self.store, job_id, pid=None)
-        return get_job(self.store, job_id)
+            await self.db(add_event, job_id, f"Kept {len(kept)} finished checkpoint(s): step(s) "
+                                             f"{', '.join(str(c.step) for c in kept)}")
+        await self.db(update_job, job_id, pid=None)
+        return await self.db(get_job, job_id)
 
     # ---- the queue ---------------------------------------------------------------------
 
     async def run_forever(self) -> None:
         await asyncio.to_thread(self.recover)
         while True:
-            self._schedule()
+            await self._schedule()
             try:
                 await asyncio.wait_for(self.wakeup.wait(), self.settings.poll_interval_s)
             except asyncio.TimeoutError:
                 pass
             self.wakeup.clear()
 
-    def _schedule(self) -> None:
-        for job in jobs_with_status(self.store, "validating_files"):
+    async def _schedule(self) -> None:
+        for job in await self.db(jobs_with_status, "validating_files"):
             if job["id"] not in self.runs:
                 self._start(job, "validate")
         training = sum(1 for _, _, kind in self.runs.values() if kind == "train")
-        for job in jobs_with_status(self.store, "queued"):
+        for job in await self.db(jobs_with_status, "queued"):
             if training >= self.settings.max_concurrent_jobs:
                 break
             if job["id"] in self.runs:
                 continue
-            if update_job(self.store, job["id"], status="running", started_at=job["started_at"] or time.time(),
-                          when_status=("queued",), event="Fine-tuning job started"):
-                self._start(get_job(self.store, job["id"]), "train")
+            if await self.db(update_job, job["id"], status="running", started_at=job["started_at"] or time.time(),
+                             when_status=("queued",), event="Fine-tuning job started"):
+                self._start(await self.db(get_job, job["id"]), "train")
                 training += 1
 
     def _start(self, job: dict[str, Any], kind: str) -> None:
@@ -223,7 +237,7 @@ class FineTuningService:
         except Exception as exc:  # noqa: BLE001 - one job's bug must not stop the queue
             log.exception("fine-tuning job %s failed", run.id)
             if not run.stopped:
-                run.fail("internal_error", f"{type(exc).__name__}: {exc}")
+                await run.fail("internal_error", f"{type(exc).__name__}: {exc}")
         finally:
             self.runs.pop(run.id, None)
             self.wakeup.set()
@@ -232,8 +246,8 @@ class FineTuningService:
         """Shutdown: stop the running stages (the jobs stay `running`; the next start resumes them)."""
         for run, task, kind in list(self.runs.values()):
             if kind == "train":
-                add_event(self.store, run.id, "The server is shutting down: the running stage was stopped; the job "
-                                              "resumes when the server starts again", level="warn")
+                await self.db(add_event, run.id, "The server is shutting down: the running stage was stopped; the "
+                                                 "job resumes when the server starts again", level="warn")
             await run.stop()
             task.cancel()
 
@@ -292,43 +306,27 @@ class FineTuningService:
                 "LATHE_PIPELINE_ID": job_id,  # every stage's MLflow run nests under one parent run per job
                 "MLFLOW_TRACKING_URI": self.tracking_uri()}
 
-    def file_bytes(self, file_id: str) -> int:
-        row = self.store.row("SELECT bytes FROM files WHERE id = ?", (file_id,))
-        return int(row["bytes"]) if row else 0
-
     async def after_stage(self, job: dict[str, Any], stage: str, folder: Path, seconds: float) -> None:
         if stage == training_stage(json.loads(job["spec"])):
             metrics = _manifest(folder, stage)["metrics"]
-            self.bill(job, int(metrics.get("train_tokens", 0)), seconds)
+            await asyncio.to_thread(self.bill, job, int(metrics.get("train_tokens", 0)), seconds)
             loss = metrics.get("last_logged_loss", metrics.get("train_loss"))
-            add_event(self.store, job["id"], f"Training finished: {int(metrics.get('train_tokens', 0))} tokens, "
+            await self.db(add_event, job["id"], f"Training finished: {int(metrics.get('train_tokens', 0))} tokens, "
                                              f"final training loss {loss:.4f}" if loss is not None else
                       "Training finished", type="metrics", data=metrics)
         elif stage == "evaluate":
             scores = json.loads((folder / "artifacts/evaluate/metrics.json").read_text()).get("tuned", {})
             summary = ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items()) if "stderr" not in k)
-            add_event(self.store, job["id"], f"Evaluation of the tuned model: {summary}" if summary else
+            await self.db(add_event, job["id"], f"Evaluation of the tuned model: {summary}" if summary else
                       "Evaluation: no suite produced a score (report: artifacts/evaluate/report.md in the workspace)",
                       type="metrics", data=scores)
         elif stage == "register":
             registered = json.loads((folder / "artifacts/register/manifest.json").read_text())
-            await asyncio.to_thread(self._tag_version, job, registered, folder)
-            update_job(self.store, job["id"], registered={"name": registered["name"], "version": registered["version"]},
-                       event=f"Registered in MLflow as {registered['name']} version {registered['version']} "
+            await asyncio.to_thread(workspace.tag_version, job, registered, folder)
+            await self.db(update_job, job["id"], registered={"name": registered["name"],
+                                                             "version": registered["version"]},
+                          event=f"Registered in MLflow as {registered['name']} version {registered['version']} "
                              "(alias candidate; promotion to champion is a separate, gated step)")
-
-    def _tag_version(self, job: dict[str, Any], registered: dict, folder: Path) -> None:
-        """Lineage on the version: the job, its files (ids and content hashes) and the served name."""
-        from registry import models
-
-        tags = {"lathe.fine_tuning_job": job["id"], "lathe.fine_tuned_model": job["fine_tuned_model"],
-                "lathe.base_model_dir": job["base_model_dir"]}
-        for param in ("training_file", "validation_file"):
-            if job[param]:
-                path = next((folder / "files").glob(f"{job[param]}.*"))
-                tags[f"lathe.{param}"] = job[param]
-                tags[f"lathe.{param}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-        models.set_alias(registered["name"], "candidate", registered["version"], tags)  # register already set it
 
     def bill(self, job: dict[str, Any], tokens: int, seconds: float) -> None:
         """Charge the trained tokens to the job's key once (a resumed job is not billed twice)."""
@@ -341,23 +339,33 @@ class FineTuningService:
         add_event(self.store, job["id"], f"Billed {tokens} trained tokens (${cost:.6f})")
 
     async def finish(self, job: dict[str, Any], folder: Path) -> None:
-        """Serve the adapter, then mark the job succeeded (so a client that sees `succeeded` can call it)."""
-        stage = training_stage(json.loads(job["spec"]))
-        adapter = (folder / _manifest(folder, stage)["outputs"]["adapter_dir"]).resolve()
-        update_job(self.store, job["id"], adapter_dir=str(adapter))
+        """Serve the result (a LoRA job's adapter on the base, a Full job's whole model beside it) and its
+        checkpoints, then mark the job succeeded (so a client that sees `succeeded` can call it)."""
+        spec = json.loads(job["spec"])
+        outputs = _manifest(folder, training_stage(spec))["outputs"]
+        result = (folder / outputs["model_dir" if spec.get("full") else "adapter_dir"]).resolve()
+        await self.db(update_job, job["id"], adapter_dir=str(result))  # the job's output: adapter or whole model
         name = job["fine_tuned_model"]
-        served = await self.serve_adapter(job, adapter)
-        if served:  # each checkpoint is a model too, as OpenAI names it: <fine_tuned_model>:ckpt-step-N
-            for checkpoint in await asyncio.to_thread(checkpoints_of, self.store, job["id"]):
-                await self.serve_adapter(job, Path(checkpoint["path"]), f"{name}:ckpt-step-{checkpoint['step']}")
-        done = update_job(self.store, job["id"], status="succeeded", stage=None, pid=None, finished_at=time.time(),
-                          when_status=("running",),
-                          event=f"The job has successfully completed: model {name}" +
-                                ("" if served else " (registered, but not served by this server: see above)"))
+        checkpoints = await self.db(checkpoints_of, job["id"])
+        served = [(name, result)] + [(f"{name}:ckpt-step-{c['step']}", Path(c["path"])) for c in checkpoints]
+        if spec.get("full"):  # each checkpoint is a model too, as OpenAI names it: <fine_tuned_model>:ckpt-step-N
+            for served_name, path in served:
+                self.state.models.add(served_name, path)  # loaded when first called
+            ok = True
+        else:
+            ok = await self.serve_adapter(job, result)
+            if ok:
+                for served_name, path in served[1:]:
+                    await self.serve_adapter(job, path, served_name)
+        done = await self.db(update_job, job["id"], status="succeeded", stage=None, pid=None, finished_at=time.time(),
+                             when_status=("running",),
+                             event=f"The job has successfully completed: model {name}" +
+                                   ("" if ok else " (registered, but not served by this server: see above)"))
         if not done:  # cancelled in the meantime
-            for served_name in [n for n in self.state.adapter_pool if n == name or n.startswith(f"{name}:ckpt-step-")]:
+            for served_name, _ in served:
                 self.state.adapter_pool.pop(served_name, None)
                 self.state.served.adapters.pop(served_name, None)
+                await self.state.models.remove(served_name)
 
     async def serve_adapter(self, job: dict[str, Any], adapter: Path, name: str | None = None) -> bool:
         """Load the adapter onto the running engine's base and add its name (default: the job's fine-tuned model)
@@ -365,13 +373,13 @@ class FineTuningService:
         name = name or job["fine_tuned_model"]
         served = self.state.served  # one live model throughout, even if a swap comes while the adapter loads
         if Path(served.model_dir).resolve() != Path(job["base_model_dir"]):
-            add_event(self.store, job["id"], f"Not served: this server's base model is now "
+            await self.db(add_event, job["id"], f"Not served: this server's base model is now "
                                              f"{served.model_dir}, not the {job['base_model_dir']} the "
                                              "adapter was trained on", "warn")
             return False
         add_adapter = getattr(served.engine, "add_adapter", None)
         if add_adapter is None:
-            add_event(self.store, job["id"], "Not served: this engine cannot load adapters at run time", "warn")
+            await self.db(add_event, job["id"], "Not served: this engine cannot load adapters at run time", "warn")
             return False
         await add_adapter(name, adapter)
         # The live model's adapters name the served models (state.adapter_for, /v1/models); the state's adapter pool
@@ -383,16 +391,3 @@ class FineTuningService:
 
 def _manifest(folder: Path, stage: str) -> dict[str, Any]:
     return json.loads((folder / "artifacts" / stage / "manifest.json").read_text())
-
-
-def restore_adapters(settings: "ServerSettings") -> dict[str, Path]:
-    """{fine_tuned_model: adapter dir} of the succeeded jobs trained on this server's base model, read before
-    the engine is created so that it loads them with the base (a restart keeps serving them)."""
-    db = Path(settings.platform.db_path)
-    if settings.engine != "transformers" or not db.exists():
-        return {}
-    rows = succeeded_adapters(db, str(Path(settings.model_dir).resolve()))
-    found = {name: Path(adapter) for name, adapter in rows if adapter and Path(adapter).is_dir()}
-    if len(found) < len(rows):
-        log.warning("%d fine-tuned adapter(s) are gone from disk and are not served", len(rows) - len(found))
-    return found

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from recipes import LatheError, Recipe, apply_overrides
+from recipes.identity import file_sha256
 from recipes.loader import load_recipe, resolve_recipe_path
 
 SUPPORTED_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet")
@@ -80,8 +81,8 @@ def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed:
     train.update({"enabled": True, "logging_steps": 1, "merge": True, "seed": seed})  # merged: evaluate, register
     if not dpo:
         train["packing"] = False  # a job's batch_size counts the user's examples, as OpenAI and Together mean it
-    if train.get("method") == "full":
-        train["method"] = "lora"  # the result is served as an adapter on the loaded base
+    # Full: every weight trained, the result a whole model (served beside the base); else a LoRA adapter on it
+    train["method"] = "full" if spec.get("full") else "lora"
     _apply_spec(train, spec, stage)
     if dpo:
         recipe.setdefault("sft", {})["enabled"] = False  # the sft stage passes the base through
@@ -169,3 +170,17 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> None:
 
 def read_recipe(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
+
+
+def tag_version(job: dict[str, Any], registered: dict, folder: Path) -> None:
+    """Lineage on the version: the job, its files (ids and content hashes) and the served name."""
+    from registry import models
+
+    tags = {"lathe.fine_tuning_job": job["id"], "lathe.fine_tuned_model": job["fine_tuned_model"],
+            "lathe.base_model_dir": job["base_model_dir"]}
+    for param in ("training_file", "validation_file"):
+        if job[param]:
+            path = next((folder / "files").glob(f"{job[param]}.*"))
+            tags[f"lathe.{param}"] = job[param]
+            tags[f"lathe.{param}_sha256"] = file_sha256(path)
+    models.set_alias(registered["name"], "candidate", registered["version"], tags)  # register already set it

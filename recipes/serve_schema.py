@@ -81,6 +81,10 @@ class ServerTuning(Section):
     """Largest `logprobs` / `top_logprobs` a request may ask for."""
     sanitize_control_tokens: bool = True
     """Encode control tokens written inside chat messages as plain text (no prompt injection)."""
+    max_full_models: int = Field(1, ge=0)
+    """Whole models (Full fine-tuning jobs' results and checkpoints) kept loaded beside the served one: each loads
+    when first called, and the least recently called is unloaded to make room (each costs a full model's memory).
+    0: Full fine-tuning jobs are refused."""
     watch_interval_s: float = Field(30.0, ge=0)
     """How often to check whether the served alias moved (0: never); on a move the new version is loaded and
     swapped in without dropping requests."""

@@ -36,14 +36,15 @@ class PlaneService(Protocol):
 
 
 class Plane(Protocol):
-    """Work a server runs beside inference (the fine-tuning jobs plane, jobs/): its routes, the adapters it serves
-    from the start, and its background service. serving/ knows this interface, never what implements it."""
+    """Work a server runs beside inference (the fine-tuning jobs plane, jobs/): its routes, the adapters and whole
+    models it serves from the start, and its background service. serving/ knows this interface, never what implements it."""
 
     name: str
     """The app.state attribute its routes find the service under."""
     router: APIRouter
 
     def adapters(self, settings: ServerSettings) -> dict[str, Path]: ...
+    def models(self, settings: ServerSettings) -> dict[str, Path]: ...
     def start(self, settings: ServerSettings, state: ServerState, platform: Platform) -> PlaneService: ...
 
 
@@ -58,6 +59,9 @@ def create_app(settings: ServerSettings, planes: Sequence[Plane] = ()) -> FastAP
     served = new_served_model(settings, Path(settings.model_dir), pool)
     watcher = AliasWatcher.for_settings(settings)
     state = ServerState(settings, served, pool)
+    for plane in planes:
+        for name, model_dir in plane.models(settings).items():  # loaded when first called (model_pool.py)
+            state.models.add(name, model_dir)
     platform = Platform(settings.platform, settings.host, state.metrics)
     batch_worker = BatchWorker(state, platform)
     services = {plane.name: plane.start(settings, state, platform) for plane in planes}
@@ -82,6 +86,7 @@ def create_app(settings: ServerSettings, planes: Sequence[Plane] = ()) -> FastAP
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 state.served.engine.close()
+                state.models.close()
                 platform.close()
 
     app = FastAPI(title="Lathe", summary="OpenAI-compatible inference server", lifespan=lifespan)

@@ -19,6 +19,7 @@ from serving.engine import Engine, adapters_for_base, create_engine
 from serving.errors import APIError, model_not_found, not_ready, shutting_down
 from serving.limits import AdmissionQueue, Slot
 from serving.metrics import ServerMetrics
+from serving.model_pool import ModelPool, retire
 from serving.settings import ServerSettings
 
 log = logging.getLogger("lathe.serving")
@@ -32,6 +33,7 @@ class ServedModel:
     adapters: dict[str, Path] = field(default_factory=dict)
     """The LoRA adapters loaded on this engine, by served name: those of the state's adapter pool that fit its base."""
     users: int = 0  # admitted requests that use this engine
+    live: bool = True  # False once swapped out or unloaded: closed after its last user
     retired: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -58,6 +60,8 @@ class ServerState:
         self.served = served
         self.adapter_pool = dict(settings.adapters if adapter_pool is None else adapter_pool)
         """Every adapter this server may serve, by name (an engine loads those that fit its base)."""
+        self.models = ModelPool(settings)
+        """Whole models served beside the live one (Full fine-tuning jobs' results), loaded when called."""
         self.queue = AdmissionQueue(settings.max_queue)
         self.draining = False
         self.metrics = ServerMetrics(running=lambda: self.served.engine.num_running,
@@ -69,7 +73,15 @@ class ServerState:
         return self.served.engine
 
     def model_names(self) -> list[str]:
-        return [self.settings.model_name, *self.served.adapters]
+        return [self.settings.model_name, *self.served.adapters, *self.models.paths]
+
+    async def target(self, requested: str | None) -> tuple[ServedModel, str | None]:
+        """The model a request names and its adapter: the live model (`model` omitted or its name), one of its
+        adapters, or a whole model of the pool (loaded now if it is not). Then, without an await in between:
+        ready_engine(served), admit(...)."""
+        if requested is not None and requested in self.models:
+            return await self.models.get(requested), None
+        return self.served, self.adapter_for(requested)
 
     def adapter_for(self, requested: str | None) -> str | None:
         """`model` may be omitted (the base model) but must name a served model or adapter."""
@@ -79,10 +91,10 @@ class ServerState:
             return requested
         raise model_not_found(requested, ", ".join(self.model_names()))
 
-    def ready_engine(self) -> Engine:
+    def ready_engine(self, served: ServedModel | None = None) -> Engine:
         if self.draining:
             raise shutting_down()
-        engine = self.served.engine
+        engine = (served or self.served).engine
         if engine.load_error:
             raise APIError(503, f"The model failed to load: {engine.load_error}", "server_error",
                            code="model_load_failed")
@@ -90,18 +102,19 @@ class ServerState:
             raise not_ready("The model is still loading; poll GET /ready and retry.")
         return engine
 
-    def admit(self, engine: Engine, adapter: str | None) -> Admission:
-        """Take a queue slot (503 when full) and pin `engine` until the slot is released.
+    def admit(self, engine: Engine, adapter: str | None, served: ServedModel | None = None) -> Admission:
+        """Take a queue slot (503 when full) and pin `engine` (of `served`, default the live model) until the slot
+        is released.
 
-        Call without awaiting anything after `ready_engine()`, so the engine is still the live one."""
-        served = self.served
-        assert served.engine is engine, "admit() must follow ready_engine() without an await in between"
+        Call without awaiting anything after `ready_engine()`, so the engine is still a live one."""
+        served = served or self.served
+        assert served.engine is engine and served.live, "admit() must follow ready_engine() without an await between"
         admitted_at = time.perf_counter()
 
         def released() -> None:
             served.users -= 1
             self.metrics.duration.observe(time.perf_counter() - admitted_at)
-            if served.users == 0 and served is not self.served:
+            if served.users == 0 and not served.live:
                 served.retired.set()
 
         slot = self.queue.acquire(on_release=released)
@@ -113,9 +126,7 @@ class ServerState:
         old, self.served = self.served, new
         log.info("now serving %s (version %s); %d request(s) still on the previous model",
                  new.model_dir, new.version, old.users)
-        if old.users:
-            await old.retired.wait()
-        await asyncio.to_thread(old.engine.close)  # joins engine threads: not on the event loop serving the new one
+        await retire(old)
 
 
 def get_state(request: Request) -> ServerState:

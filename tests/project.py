@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -61,3 +62,15 @@ def run(args, cwd, **kw) -> str:
     done = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True, **kw)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done.stdout
+
+
+def run_demo(dest: Path, params: dict | None = None, timeout: float = 2400) -> Path:
+    """`lathe demo` (what `make demo` runs) in a committed copy of the project at `dest`; its output is kept in
+    demo.out there."""
+    dest.mkdir(parents=True)
+    copy_project(dest, params)
+    started = time.time()
+    out = run([str(BIN / "lathe"), "demo"], dest, timeout=timeout)
+    print(f"lathe demo took {time.time() - started:.0f} s\n{out[-2000:]}")
+    (dest / "demo.out").write_text(out)
+    return dest

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.project import BIN, copy_project, readme_env, run
+from tests.project import BIN, readme_env, run, run_demo
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -34,14 +33,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir) -> Path:
-    proj = tmp_path_factory.mktemp("chain") / "lathe"
-    proj.mkdir()
-    copy_project(proj, {**TINY, "model": {"id": str(tiny_model_dir), "dtype": "float32"}})
-    started = time.time()
-    out = run([str(BIN / "lathe"), "demo"], proj, timeout=1100)
-    print(f"lathe demo on the tiny model took {time.time() - started:.0f} s")
-    (proj / "demo.out").write_text(out)
-    return proj
+    return run_demo(tmp_path_factory.mktemp("chain") / "lathe",
+                    {**TINY, "model": {"id": str(tiny_model_dir), "dtype": "float32"}}, timeout=1100)
 
 
 def test_the_gate_refuses_a_candidate_that_learned_nothing_and_the_demo_says_why(project):

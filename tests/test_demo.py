@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SHARED_DATA
-from tests.project import BIN, copy_project, env, run
+from tests.project import BIN, env, run, run_demo
 from tests.servers import free_port, wait_ready
 
 pytestmark = [pytest.mark.demo, pytest.mark.timeout(2700)]
@@ -31,14 +30,7 @@ OLD_WAY = ["data.replay.enabled=false", "sft.max_steps=30", "sft.batch_size=8", 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    proj = tmp_path_factory.mktemp("demo") / "lathe"
-    proj.mkdir()
-    copy_project(proj)
-    started = time.time()
-    out = run([str(BIN / "lathe"), "demo"], proj, timeout=2400)
-    print(f"lathe demo took {time.time() - started:.0f} s\n{out[-2000:]}")
-    (proj / "demo.out").write_text(out)
-    return proj
+    return run_demo(tmp_path_factory.mktemp("demo") / "lathe")
 
 
 def test_demo_prints_report_champion_and_serve_lines(project):

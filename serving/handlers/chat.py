@@ -28,8 +28,8 @@ from serving.structured import (ParsedToolCall, ToolCallExtractor, checked_guide
                                 template_tools, tool_mode, tools_guide)
 
 async def create_chat_completion(state: ServerState, body: ChatCompletionRequest, call: Call):
-    adapter = state.adapter_for(body.model)
-    engine = state.ready_engine()
+    served, adapter = await state.target(body.model)
+    engine = state.ready_engine(served)
     settings = state.settings
     check_supported(body, settings)
     _check_chat_options(body)
@@ -43,7 +43,7 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
                              max_model_len=engine.max_model_len, logprobs=top_logprobs, guide=guide, adapter=adapter)
     check_engine_supports(engine, params, settings, guide_param=guide_param)
     stop = body.stop_strings()
-    admission = state.admit(engine, adapter)
+    admission = state.admit(engine, adapter, served)
     state.metrics.prompt_tokens.inc(len(prompt_ids))
     model = body.model or settings.model_name
     choices = track_usage(call.usage, model, len(prompt_ids), [

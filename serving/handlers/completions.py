@@ -30,8 +30,8 @@ class Prompt:
 
 
 async def create_completion(state: ServerState, body: CompletionRequest, call: Call):
-    adapter = state.adapter_for(body.model)
-    engine = state.ready_engine()
+    served, adapter = await state.target(body.model)
+    engine = state.ready_engine(served)
     settings = state.settings
     check_supported(body, settings)
     if body.suffix:
@@ -48,7 +48,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, call: C
     check_engine_supports(engine, prompts[0].params, settings,
                           prompt_logprobs=body.echo and body.logprobs is not None)
     stop = body.stop_strings()
-    admission = state.admit(engine, adapter)
+    admission = state.admit(engine, adapter, served)
     prompt_tokens = sum(len(p.ids) for p in prompts)
     state.metrics.prompt_tokens.inc(prompt_tokens)
     # Choice index = prompt index * n + sample index, as OpenAI and vLLM number them.

@@ -1,4 +1,5 @@
-"""GET /v1/models and GET /v1/models/{id}: the served model and its LoRA adapters."""
+"""GET /v1/models and GET /v1/models/{id}: the served model, its LoRA adapters and the whole models served beside it
+(Full fine-tuning jobs' results; `max_model_len` is known once one is loaded)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def _cards(state: ServerState) -> list[ModelCard]:
                      max_model_len=context)
     adapters = [ModelCard(id=name, root=str(path), parent=settings.model_name, max_model_len=context)
                 for name, path in served.adapters.items()]
-    return [base, *adapters]
+    whole = [ModelCard(id=name, root=str(path), parent=settings.model_name,
+                       max_model_len=loaded.engine.max_model_len if (loaded := state.models.loaded.get(name)) else None)
+             for name, path in state.models.paths.items()]
+    return [base, *adapters, *whole]
 
 
 @router.get("/v1/models")
@@ -27,5 +31,6 @@ async def list_models(state: ServerState = Depends(get_state)) -> ModelList:
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, state: ServerState = Depends(get_state)) -> ModelCard:
-    state.adapter_for(model_id)  # 404 for anything not served
+    if model_id not in state.models:
+        state.adapter_for(model_id)  # 404 for anything not served
     return next(card for card in _cards(state) if card.id == model_id)

@@ -4,7 +4,9 @@ on 127.0.0.1 over the tiny model, real pipeline stages and a real MLflow sqlite 
 a job trains, is registered and billed, and its model answers chat requests (with the adapter applied);
 events and checkpoints are listed; bad files fail validation naming their lines; the server is killed
 (-9) while a second job trains and restarted: nothing is lost, the finished model is still served, the
-interrupted job resumes from its checkpoint; then it is cancelled, and its checkpoints stay.
+interrupted job resumes from its checkpoint; then it is cancelled, and its checkpoints stay; a job continues
+another's adapter (from_checkpoint), and a Full job's whole model and checkpoint are served beside the base, loaded
+when called, and again after a restart.
 """
 
 from __future__ import annotations
@@ -234,18 +236,48 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
             model=MODEL_NAME, training_file=train, extra_body={"from_checkpoint": "ftjob-none"}))["param"] == "from_checkpoint"
         cont = client.fine_tuning.jobs.create(model=MODEL_NAME, training_file=train,
                                               extra_body={"from_checkpoint": f"{model}:2"})
+        # Together's training_type Full, beside it: every weight trained, served as a whole model of its own.
+        full = client.fine_tuning.jobs.create(model=MODEL_NAME, training_file=train, extra_body={
+            "training_type": {"type": "Full"}, "n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3})
         done = _wait(lambda: client.fine_tuning.jobs.retrieve(cont.id), lambda j: j.status in ("succeeded", "failed"))
         assert done.status == "succeeded", done.error
         ran = json.loads((state_dir / "jobs" / cont.id / "artifacts" / "sft" / "manifest.json").read_text())
         continued = ran["settings"]["init_adapter"]  # the run's recorded settings: the first job's step-2 checkpoint
         assert f"/jobs/{job.id}/" in continued and continued.endswith("/checkpoint-2"), continued
         assert _first_token_logprob(client, done.fine_tuned_model) != pytest.approx(tuned, abs=1e-6)  # trained further
+
+        whole = _wait(lambda: client.fine_tuning.jobs.retrieve(full.id), lambda j: j.status in ("succeeded", "failed"))
+        assert whole.status == "succeeded", whole.error
+        ran = json.loads((state_dir / "jobs" / full.id / "artifacts" / "sft" / "manifest.json").read_text())
+        assert ran["settings"]["method"] == "full" and "adapter_dir" not in ran["outputs"]  # no adapter: all weights
+        full_model, full_step = whole.fine_tuned_model, f"{whole.fine_tuned_model}:ckpt-step-2"
+        cards = {m.id: m for m in client.models.list().data}
+        assert full_model in cards and full_step in cards and cards[full_model].model_extra["parent"] == MODEL_NAME
+        full_tuned = _first_token_logprob(client, full_model)  # loaded on this first call
+        assert abs(full_tuned - _first_token_logprob(client, MODEL_NAME)) > 1e-6
+        # max_full_models is 1: the checkpoint's call unloads the final model, whose next call loads it again
+        assert _first_token_logprob(client, full_step) == pytest.approx(full_tuned, abs=1e-5)  # step 2 is the last
+        assert _first_token_logprob(client, full_model) == pytest.approx(full_tuned, abs=1e-5)
+        assert _bad_request(lambda: client.fine_tuning.jobs.create(
+            model=MODEL_NAME, training_file=train, extra_body={"from_checkpoint": full.id}))["param"] == "from_checkpoint"
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
+
+    server, base = _start(settings, tmp_path, log)  # a restart serves the whole model again, loaded when called
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=keys[0], max_retries=0)
+        assert _first_token_logprob(client, full_model) == pytest.approx(full_tuned, abs=1e-4)
+        assert _first_token_logprob(client, model) == pytest.approx(tuned, abs=1e-4)  # and the LoRA one
+    finally:
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 def _cwd(proc: Path) -> Path | None:

@@ -45,12 +45,14 @@ def test_openai_and_together_fields_merge_into_one_spec():
     ({"hyperparameters": {"n_epochs": 2}, "n_epochs": 3}, "n_epochs"),
     ({"method": {"type": "reinforcement"}}, "method.type"),
     ({"method": {"type": "supervised"}, "training_method": {"method": "dpo"}}, "training_method.method"),
-    ({"lora": False}, "lora"),
+    ({"lora": True, "training_type": {"type": "Full"}}, "lora"),
+    ({"training_type": {"type": "Full", "lora_r": 8}}, "training_type.lora_r"),  # LoRA settings on a Full job
+    ({"lora": False, "lora_alpha": 16}, "lora_alpha"),
+    ({"training_type": {"type": "Full"}, "from_checkpoint": "ftjob-1"}, "from_checkpoint"),
     ({"learning_rate": 1e-4, "hyperparameters": {"learning_rate_multiplier": 2}}, "learning_rate"),
     ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
     ({"suffix": "no spaces allowed"}, "suffix"),
     ({"n_evals": 3}, "n_evals"),  # validation loss needs a validation_file
-    ({"training_type": {"type": "Full"}}, "training_type.type"),
     ({"from_checkpoint": "ftjob-1", "lora_r": 8}, "lora_r"),  # the continued adapter keeps its own LoRA settings
     ({"training_method": {"method": "dpo", "simpo_gamma": 0.5}}, "training_method.simpo_gamma"),
     ({"training_method": {"method": "dpo", "dpo_reference_free": True}}, "training_method.dpo_reference_free"),
@@ -104,6 +106,10 @@ def test_a_supervised_job_recipe_trains_the_served_base_on_the_uploaded_file_onl
     ({"training_method": {"method": "dpo", "dpo_normalize_logratios_by_length": True}}, "preference",
      {"loss_type": ["sigmoid_norm", "sft"]}),
     ({"training_method": {"method": "dpo", "dpo_beta": 0.3}}, "preference", {"beta": 0.3, "loss_weights": None}),
+    ({"training_type": {"type": "Full"}}, "sft", {"method": "full", "merge": True}),
+    ({"lora": False}, "sft", {"method": "full"}),
+    ({"training_type": {"type": "Full"}, "training_method": {"method": "dpo"}}, "preference", {"method": "full"}),
+    ({"training_type": {"type": "Lora"}}, "sft", {"method": "lora"}),
 ])
 def test_each_together_field_reaches_the_jobs_recipe(body, stage, expected):
     """What the stage runs with is the recipe's section, recorded as the stage manifest's settings."""
