@@ -62,9 +62,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model_dir, tmp_path_factory) -> Iterator[str]:
     """An in-process server on the tiny model, auth off (loopback), context 128 tokens so no request
-    can ask for long work; yields the base URL."""
-    with lathe_server(tiny_model_dir, tmp_path_factory.mktemp("tiny-server"), max_model_len=128,
-                      log_level="error") as base:
+    can ask for long work, with the fine-tuning jobs plane (its routes are fuzzed too); yields the base URL."""
+    from jobs.plane import JobsPlane
+    from recipes.schema import FineTuningConfig
+
+    tmp = tmp_path_factory.mktemp("tiny-server")
+    jobs = JobsPlane(FineTuningConfig(enabled=True, state_dir=tmp / "fine_tuning"))
+    with lathe_server(tiny_model_dir, tmp, max_model_len=128, log_level="error", planes=[jobs]) as base:
         yield base
 
 

@@ -19,14 +19,14 @@ MODEL_NAME = "tiny"
 
 
 @contextlib.contextmanager
-def running_server(**settings) -> Iterator[str]:
-    """Serve `create_app(ServerSettings(**settings))` until the block ends; yields the base URL."""
+def running_server(planes=(), **settings) -> Iterator[str]:
+    """Serve `create_app(ServerSettings(**settings), planes)` until the block ends; yields the base URL."""
     import uvicorn
 
     from serving.app import create_app
     from serving.settings import ServerSettings
 
-    app = create_app(ServerSettings(**settings))
+    app = create_app(ServerSettings(**settings), planes)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
