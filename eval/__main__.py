@@ -1,6 +1,7 @@
 """`python -m eval`: run suites on a model directory, or build a report from results files.
 
     python -m eval run MODEL_DIR --suites mmlu,gsm8k,hellaswag,humaneval --out out/base
+    python -m eval run MODEL_DIR --suites-file my_suites.yaml --out out/base   # custom suites, judges, limits
     python -m eval report out/base/results.json out/tuned/results.json --out out/report
 
 The pipeline calls the same functions (eval.harness.run_suites, eval.report.write_report); this entry
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("model_dir")
     run.add_argument("--suites", default="mmlu,gsm8k,hellaswag,humaneval",
                      help="comma-separated: skills, mmlu, gsm8k, hellaswag, humaneval")
+    run.add_argument("--suites-file", default=None,
+                     help="YAML list of suites written as a recipe's eval.suites (custom suites from your files, "
+                          "judges, limits, few-shot); replaces --suites, --limit and --subjects")
     run.add_argument("--mirror", default="../shared/data", help="benchmark mirror (layout in eval/README.md)")
     run.add_argument("--skills-file", default=None)
     run.add_argument("--out", required=True)
@@ -48,13 +52,16 @@ def main(argv: list[str] | None = None) -> int:
             from eval.harness import flat_metrics, run_suites
             from recipes.schema import SuiteConfig
 
-            subjects = args.subjects.split(",") if args.subjects else None
-            try:
-                suites = [SuiteConfig(name=name.strip(), limit=args.limit,
-                                      subjects=subjects if name.strip() == "mmlu" else None)
-                          for name in args.suites.split(",") if name.strip()]
-            except ValueError as exc:  # pydantic's ValidationError: an unknown suite name, a bad limit
-                raise LatheError(f"--suites/--limit: {exc}") from None
+            if args.suites_file:
+                suites = suites_from_file(Path(args.suites_file))
+            else:
+                subjects = args.subjects.split(",") if args.subjects else None
+                try:
+                    suites = [SuiteConfig(name=name.strip(), limit=args.limit,
+                                          subjects=subjects if name.strip() == "mmlu" else None)
+                              for name in args.suites.split(",") if name.strip()]
+                except ValueError as exc:  # pydantic's ValidationError: an unknown suite name, a bad limit
+                    raise LatheError(f"--suites/--limit: {exc}") from None
             results = run_suites(args.model_dir, suites, mirror_dir=args.mirror, skills_file=args.skills_file,
                                  out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
                                  apply_chat_template=args.chat_template, label=args.label, cache_dir=args.cache,
@@ -76,6 +83,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def suites_from_file(path: Path) -> list:
+    """The suites of a YAML file holding a list of `eval.suites` entries (or a recipe, whose eval.suites are
+    taken); each entry checked as the recipe checks it, an error naming the file and the entry."""
+    import yaml
+
+    from recipes.schema import SuiteConfig
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LatheError(f"--suites-file {path}: cannot read it ({exc})") from None
+    if isinstance(data, dict):
+        data = (data.get("eval") or {}).get("suites")
+    if not isinstance(data, list) or not data:
+        raise LatheError(f"--suites-file {path}: expected a list of suites (as a recipe's eval.suites), or a "
+                         "recipe with eval.suites")
+    suites = []
+    for index, entry in enumerate(data):
+        try:
+            suites.append(SuiteConfig.model_validate(entry))
+        except ValueError as exc:
+            name = entry.get("name") if isinstance(entry, dict) else entry
+            raise LatheError(f"--suites-file {path}: suite #{index + 1} ({name!r}): {exc}") from None
+    return suites
 
 
 if __name__ == "__main__":
