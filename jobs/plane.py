@@ -1,5 +1,5 @@
-"""The jobs plane as a server plane (serving/app.py `Plane`): its routes, the fine-tuned adapters a restarted server
-serves again, and the queue. Composed into a server by whoever starts one with jobs enabled:
+"""The jobs plane as a server plane (serving/app.py `Plane`): its routes, the fine-tuned adapters and whole models a
+restarted server serves again, and the queue. Composed into a server by whoever starts one with jobs enabled:
 
     lathe serve serve.fine_tuning.enabled=true        # pipelines/serve.py passes JobsPlane(recipe.serve.fine_tuning)
 """
@@ -39,8 +39,13 @@ class JobsPlane:
 
     def models(self, settings: "ServerSettings") -> dict[str, Path]:
         """{fine_tuned_model: model dir} of the succeeded Full jobs (and their checkpoints): served again after a
-        restart, each loaded when first called."""
-        return _found(settings, True)
+        restart, each loaded when first called; none when this server serves no whole model beside its own."""
+        found = _found(settings, True)
+        if found and (settings.engine != "transformers" or settings.max_full_models == 0):
+            log.warning("%d Full fine-tuned model(s) are not served: whole models beside the base need engine "
+                        "'transformers' and serve.max_full_models > 0", len(found))
+            return {}
+        return found
 
     def start(self, settings: "ServerSettings", state: "ServerState", platform: "Platform") -> "FineTuningService":
         from jobs.service import FineTuningService

@@ -92,9 +92,10 @@ class JobRun:
             if on_events and new:
                 on_events(new)
 
+        env = await asyncio.to_thread(self.service.stage_env, self.id)  # the first call opens the MLflow store
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pipelines.cli", stage, "--recipe", "recipe.yaml", cwd=cwd,
-            env=self.service.stage_env(self.id), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True)
         if self.stopped:  # cancelled while the process was being started
             _signal_group(self.process.pid, signal.SIGTERM)

@@ -1,6 +1,6 @@
 """The fine-tuning queue of one server: creates jobs, validates their files, runs up to
-`max_concurrent_jobs` at once, bills trained tokens, serves each result as a LoRA adapter next to the
-base model, and picks up where it was after a restart.
+`max_concurrent_jobs` at once, bills trained tokens, serves each result (a LoRA adapter on the base model, or a
+Full job's whole model beside it), and picks up where it was after a restart.
 
 Statuses: validating_files -> queued -> running -> succeeded | failed | cancelled. Restart: queued
 jobs simply run; a job whose files were being validated is validated again; a running job's stage
@@ -73,13 +73,14 @@ class FineTuningService:
             raise invalid_request(f"Model '{body.model}' cannot be fine-tuned here: this server fine-tunes the base "
                                   f"model it serves, '{server.model_name}'.", "model", "model_not_available")
         if server.engine != "transformers":
-            raise invalid_request(f"This server's engine '{server.engine}' cannot serve LoRA adapters, so it cannot "
-                                  "serve a fine-tuned model; run the server with engine 'transformers'.", "model")
+            raise invalid_request(f"This server's engine '{server.engine}' serves neither LoRA adapters nor a second "
+                                  "model beside the one it serves, so it cannot serve a fine-tuned model; run the "
+                                  "server with engine 'transformers'.", "model")
         spec = job_spec(body)
         if spec["full"] and server.max_full_models == 0:
             raise invalid_request("Full fine-tuning is off on this server: it keeps no whole model beside the base "
                                   "(serve.max_full_models is 0). Use LoRA, or ask for a server that allows it.",
-                                  "training_type.type")
+                                  spec["full_param"])
         if spec.get("from_checkpoint"):
             spec["init_adapter"] = await asyncio.to_thread(self._checkpoint_adapter, spec["from_checkpoint"], owner)
         files = {"training_file": await asyncio.to_thread(self._fine_tune_file, body.training_file, owner,
@@ -169,6 +170,7 @@ class FineTuningService:
                                           base_model_dir=base_dir,
                                           train_file=paths["training_file"], validation_file=paths.get("validation_file"),
                                           model_name=name, tracking_uri=uri,
+                                          full_learning_rate=self.settings.full_learning_rate,
                                           project_root=self.project_root, overrides=self.settings.overrides)
         except LatheError as exc:
             raise invalid_request(f"{exc}", "hyperparameters") from None
@@ -365,7 +367,7 @@ class FineTuningService:
             for served_name, _ in served:
                 self.state.adapter_pool.pop(served_name, None)
                 self.state.served.adapters.pop(served_name, None)
-                await self.state.models.remove(served_name)
+                self.state.models.remove(served_name)
 
     async def serve_adapter(self, job: dict[str, Any], adapter: Path, name: str | None = None) -> bool:
         """Load the adapter onto the running engine's base and add its name (default: the job's fine-tuned model)

@@ -60,7 +60,8 @@ def base_recipe(path_or_name: str, project_root: Path) -> dict[str, Any]:
 
 def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed: int, base_model_dir: Path,
                train_file: str, validation_file: str | None,
-               model_name: str, tracking_uri: str, project_root: Path, overrides: list[str]) -> dict[str, Any]:
+               model_name: str, tracking_uri: str, project_root: Path, overrides: list[str],
+               full_learning_rate: float = 1e-5) -> dict[str, Any]:
     """The recipe a job runs: `base` with the served model, the uploaded file (and nothing else) as data,
     the request's settings on the training stage, and `overrides` last. Raises LatheError (bad values)."""
     recipe = apply_overrides(base, [])  # a deep copy
@@ -81,8 +82,14 @@ def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed:
     train.update({"enabled": True, "logging_steps": 1, "merge": True, "seed": seed})  # merged: evaluate, register
     if not dpo:
         train["packing"] = False  # a job's batch_size counts the user's examples, as OpenAI and Together mean it
-    # Full: every weight trained, the result a whole model (served beside the base); else a LoRA adapter on it
-    train["method"] = "full" if spec.get("full") else "lora"
+    # Full: every weight trained, the result a whole model (served beside the base); else the base recipe's adapter
+    # method (lora or qlora), its `full` turned into lora: the result is served as an adapter on the loaded base
+    if spec.get("full"):
+        train["method"] = "full"
+        if spec.get("learning_rate") is None:
+            train["learning_rate"] = full_learning_rate  # the base recipe's rate is a LoRA one
+    elif train.get("method") in (None, "full"):
+        train["method"] = "lora"
     _apply_spec(train, spec, stage)
     if dpo:
         recipe.setdefault("sft", {})["enabled"] = False  # the sft stage passes the base through
@@ -95,6 +102,10 @@ def job_recipe(base: dict[str, Any], *, job_id: str, spec: dict[str, Any], seed:
     recipe["registry"] = {**recipe.get("registry", {}), "model_name": registry_name(model_name),
                           "tracking_uri": tracking_uri}
     recipe = apply_overrides(recipe, overrides)
+    method = recipe[stage].get("method")
+    if (method == "full") != bool(spec.get("full")):
+        raise LatheError(f"the server's fine_tuning.overrides set {stage}.method={method}, but this is a "
+                         f"{'Full' if spec.get('full') else 'LoRA'} job")
     check(recipe)
     return recipe
 

@@ -36,6 +36,9 @@ class FineTuningConfig(Section):
     n_checkpoints: int = Field(1, ge=1)
     """Checkpoints saved per training run unless the request sets Together's `n_checkpoints`; a job interrupted
     by a restart resumes from the last one."""
+    full_learning_rate: float = Field(1e-5, gt=0)
+    """The learning rate of a Full job that names none (`learning_rate_multiplier` scales it): the base recipe's
+    rate is a LoRA one, ~100x too high when every weight trains."""
     overrides: list[str] = Field(default_factory=list)
     """`key.sub=value` recipe overrides applied to every job after the request's settings (e.g.
     `sft.max_steps=200` to cap jobs, `eval.suites=[{name: skills}]`)."""

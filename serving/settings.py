@@ -73,6 +73,7 @@ def layered(recipe_tuning: Mapping, cli: Mapping, **what) -> ServerSettings:
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else ""
             origin = ("command line --" + field.replace("_", "-") if field in given else
-                      f"environment {ENV_PREFIX}{field.upper()}={env[field]!r}" if field in env else f"serve.{field}")
+                      f"environment {ENV_PREFIX}{field.upper()}={env[field]!r}" if field in env else
+                      f"serve.{field}" if field in ServerTuning.model_fields else field or "settings")
             problems.append(f"{origin}: {error['msg']}")
         raise LatheError("server settings: " + "; ".join(problems)) from None

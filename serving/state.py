@@ -75,10 +75,17 @@ class ServerState:
     def model_names(self) -> list[str]:
         return [self.settings.model_name, *self.served.adapters, *self.models.paths]
 
+    def check_model(self, requested: str | None) -> None:
+        """404 unless `requested` names a served model (the live one, an adapter, or a whole model of the pool)."""
+        if requested is None or requested not in self.models:
+            self.adapter_for(requested)
+
     async def target(self, requested: str | None) -> tuple[ServedModel, str | None]:
         """The model a request names and its adapter: the live model (`model` omitted or its name), one of its
         adapters, or a whole model of the pool (loaded now if it is not). Then, without an await in between:
         ready_engine(served), admit(...)."""
+        if self.draining:
+            raise shutting_down()
         if requested is not None and requested in self.models:
             return await self.models.get(requested), None
         return self.served, self.adapter_for(requested)
@@ -94,7 +101,10 @@ class ServerState:
     def ready_engine(self, served: ServedModel | None = None) -> Engine:
         if self.draining:
             raise shutting_down()
-        engine = (served or self.served).engine
+        served = served or self.served
+        if not served.live:  # unloaded, or swapped out, since target() gave it
+            raise not_ready("The model was just unloaded or replaced; retry.")
+        engine = served.engine
         if engine.load_error:
             raise APIError(503, f"The model failed to load: {engine.load_error}", "server_error",
                            code="model_load_failed")

@@ -28,14 +28,15 @@ from serving.structured import (ParsedToolCall, ToolCallExtractor, checked_guide
                                 template_tools, tool_mode, tools_guide)
 
 async def create_chat_completion(state: ServerState, body: ChatCompletionRequest, call: Call):
-    served, adapter = await state.target(body.model)
-    engine = state.ready_engine(served)
+    state.check_model(body.model)
     settings = state.settings
     check_supported(body, settings)
     _check_chat_options(body)
     top_logprobs, together = _logprobs_request(body)
     check_logprobs(top_logprobs, "top_logprobs" if not together else "logprobs", settings)
     guide, guide_param = _guide(body)
+    served, adapter = await state.target(body.model)  # a whole model of the pool loads here, once the body is valid
+    engine = state.ready_engine(served)
 
     prompt_ids = encode_chat(engine, body, settings.sanitize_control_tokens)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens

@@ -30,8 +30,7 @@ class Prompt:
 
 
 async def create_completion(state: ServerState, body: CompletionRequest, call: Call):
-    served, adapter = await state.target(body.model)
-    engine = state.ready_engine(served)
+    state.check_model(body.model)
     settings = state.settings
     check_supported(body, settings)
     if body.suffix:
@@ -40,6 +39,8 @@ async def create_completion(state: ServerState, body: CompletionRequest, call: C
         raise invalid_request("best_of different from n is not supported by this server.", "best_of")
     check_logprobs(body.logprobs, "logprobs", settings)
     guide = checked_guide(response_format_guide(body.response_format), "response_format")
+    served, adapter = await state.target(body.model)  # a whole model of the pool loads here, once the body is valid
+    engine = state.ready_engine(served)
 
     prompts = [Prompt(text, ids, sampling_params(body, max_tokens=body.max_tokens, prompt_len=len(ids),
                                                  prompt_param="prompt", max_model_len=engine.max_model_len,

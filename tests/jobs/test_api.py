@@ -238,7 +238,8 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
                                               extra_body={"from_checkpoint": f"{model}:2"})
         # Together's training_type Full, beside it: every weight trained, served as a whole model of its own.
         full = client.fine_tuning.jobs.create(model=MODEL_NAME, training_file=train, extra_body={
-            "training_type": {"type": "Full"}, "n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3})
+            "training_type": {"type": "Full"}, "n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
+            "n_checkpoints": 2})
         done = _wait(lambda: client.fine_tuning.jobs.retrieve(cont.id), lambda j: j.status in ("succeeded", "failed"))
         assert done.status == "succeeded", done.error
         ran = json.loads((state_dir / "jobs" / cont.id / "artifacts" / "sft" / "manifest.json").read_text())
@@ -250,13 +251,16 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
         assert whole.status == "succeeded", whole.error
         ran = json.loads((state_dir / "jobs" / full.id / "artifacts" / "sft" / "manifest.json").read_text())
         assert ran["settings"]["method"] == "full" and "adapter_dir" not in ran["outputs"]  # no adapter: all weights
-        full_model, full_step = whole.fine_tuned_model, f"{whole.fine_tuned_model}:ckpt-step-2"
+        full_model, full_step = whole.fine_tuned_model, f"{whole.fine_tuned_model}:ckpt-step-1"
         cards = {m.id: m for m in client.models.list().data}
         assert full_model in cards and full_step in cards and cards[full_model].model_extra["parent"] == MODEL_NAME
+        assert cards[full_model].model_extra["max_model_len"] is None  # not loaded until called
         full_tuned = _first_token_logprob(client, full_model)  # loaded on this first call
         assert abs(full_tuned - _first_token_logprob(client, MODEL_NAME)) > 1e-6
-        # max_full_models is 1: the checkpoint's call unloads the final model, whose next call loads it again
-        assert _first_token_logprob(client, full_step) == pytest.approx(full_tuned, abs=1e-5)  # step 2 is the last
+        assert client.models.retrieve(full_model).model_extra["max_model_len"]  # loaded now
+        # max_full_models is 1: the step-1 checkpoint's call unloads the final model, whose next call loads it again
+        assert abs(_first_token_logprob(client, full_step) - full_tuned) > 1e-6  # half-trained: its own weights
+        assert client.models.retrieve(full_model).model_extra["max_model_len"] is None  # unloaded to make room
         assert _first_token_logprob(client, full_model) == pytest.approx(full_tuned, abs=1e-5)
         assert _bad_request(lambda: client.fine_tuning.jobs.create(
             model=MODEL_NAME, training_file=train, extra_body={"from_checkpoint": full.id}))["param"] == "from_checkpoint"

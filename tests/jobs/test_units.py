@@ -206,3 +206,31 @@ def test_the_jobs_plane_is_off_unless_the_recipe_turns_it_on():
     assert not load_recipe("default").serve.fine_tuning.enabled
     recipe = load_recipe("default", ["serve.fine_tuning.enabled=true", "serve.fine_tuning.max_concurrent_jobs=2"])
     assert recipe.serve.fine_tuning.enabled and recipe.serve.fine_tuning.max_concurrent_jobs == 2
+
+
+def test_a_full_job_trains_at_the_full_rate_unless_it_names_one():
+    """The base recipe's learning rate is a LoRA one: a Full job that names none gets fine_tuning.full_learning_rate
+    (scaled by OpenAI's multiplier); one that names a rate keeps it."""
+    def sft(spec_):
+        base = workspace.base_recipe("default", ROOT)
+        return workspace.check(workspace.job_recipe(
+            base, job_id="ftjob-abc", spec=spec_, seed=7, base_model_dir=Path("/models/base"),
+            train_file="/ws/files/file-1.jsonl", validation_file=None, model_name="tiny:ft-x-abc",
+            tracking_uri="sqlite:///m.db", project_root=ROOT, overrides=[], full_learning_rate=2e-5)).sft
+
+    assert sft(spec(training_type={"type": "Full"})).learning_rate == 2e-5
+    assert sft(spec(training_type={"type": "Full"}, hyperparameters={"learning_rate_multiplier": 0.5})
+               ).learning_rate == pytest.approx(1e-5)
+    assert sft(spec(lora=False, learning_rate=3e-6)).learning_rate == 3e-6
+    assert sft(spec()).learning_rate == load_recipe("default").sft.learning_rate  # LoRA: the recipe's own
+
+
+def test_a_lora_job_keeps_the_base_recipes_qlora_and_overrides_cannot_flip_the_training_type():
+    base = workspace.base_recipe("default", ROOT)
+    base["sft"]["method"] = "qlora"
+    recipe = workspace.job_recipe(base, job_id="ftjob-abc", spec=spec(), seed=7, base_model_dir=Path("/models/base"),
+                                  train_file="/ws/files/file-1.jsonl", validation_file=None, model_name="tiny:ft-x",
+                                  tracking_uri="sqlite:///m.db", project_root=ROOT, overrides=[])
+    assert recipe["sft"]["method"] == "qlora"  # 4-bit as the operator's base recipe asks
+    with pytest.raises(LatheError, match="overrides set sft.method=lora, but this is a Full job"):
+        recipe_for(spec(training_type={"type": "Full"}), overrides=["sft.method=lora"])

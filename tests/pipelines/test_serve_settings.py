@@ -47,14 +47,3 @@ def test_a_misspelt_or_bad_environment_setting_is_refused_by_name(monkeypatch):
     monkeypatch.setenv("LATHE_SERVE_MAX_QUEUE", "4")
     with pytest.raises(LatheError, match="command line --port: Input should be less than"):
         server_settings(recipe, "champion", Path("/models/x"), port=70000)
-
-
-def test_lathe_batch_run_takes_the_same_settings_as_lathe_serve(monkeypatch):
-    """`lathe batch run` builds its settings with the server's function: every serve knob, the environment's too."""
-    from pipelines import batch
-
-    assert batch.server_settings is server_settings
-    recipe = load_recipe("default", ["serve.max_batch_size=3"])
-    monkeypatch.setenv("LATHE_SERVE_MAX_N", "2")
-    settings = server_settings(recipe, "champion", Path("/models/x"), served_name="offline-name")
-    assert (settings.max_batch_size, settings.max_n, settings.model_name) == (3, 2, "offline-name")

@@ -196,8 +196,10 @@ def test_online_requests_go_before_batch_lines(client, server):
     assert wait_final(client, created.id).status == "completed"  # and resumes once online traffic is done
 
 
-def test_lathe_batch_run_offline(client, tiny_model_dir, tmp_path, capsys):
-    lines = [{"custom_id": "g", "body": chat_body("Hello 1")}, {"custom_id": "b", "body": chat_body("x", temperature=9)}]
+def test_lathe_batch_run_offline(client, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LATHE_SERVE_MAX_N", "1")  # the server's settings, environment layer included, apply offline
+    lines = [{"custom_id": "g", "body": chat_body("Hello 1")}, {"custom_id": "b", "body": chat_body("x", temperature=9)},
+             {"custom_id": "n", "body": chat_body("Hello 1", n=2)}]
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(json.dumps(x) for x in lines))
     args = ["batch", "run", str(source), str(tmp_path / "out.jsonl"), f"platform.db_path={tmp_path / 'p.db'}",
@@ -205,7 +207,8 @@ def test_lathe_batch_run_offline(client, tiny_model_dir, tmp_path, capsys):
     assert lathe(args) == 0
     output = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
-    assert [r["custom_id"] for r in output] == ["g"] and [r["custom_id"] for r in errors] == ["b"]
+    assert [r["custom_id"] for r in output] == ["g"] and [r["custom_id"] for r in errors] == ["b", "n"]
+    assert "server limit max_n" in json.dumps(errors[1])
     online = client.chat.completions.create(**chat_body("Hello 1"))
     assert output[0]["response"]["body"]["choices"][0]["message"]["content"] == online.choices[0].message.content
     assert "1 succeeded" in capsys.readouterr().err
