@@ -193,5 +193,10 @@ def _output_line(result: sqlite3.Row) -> dict[str, Any]:
                          "body": body}, "error": None}
 
 
+# Characters JSON may hold raw but str.splitlines() (and JavaScript) take for line ends: escaped, so a result line that
+# quotes one (a model can generate anything) is still one line for every reader of the file.
+LINE_ENDS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _jsonl(items: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode("utf-8")
+    return "".join(json.dumps(item, ensure_ascii=False).translate(LINE_ENDS) + "\n" for item in items).encode("utf-8")
