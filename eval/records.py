@@ -116,7 +116,7 @@ def attach_verdicts(rows: list[dict], verdicts_file: Path) -> None:
     """Put each judge prompt and raw reply (eval/judge.py) beside the answer it grades."""
     by_line = {}
     if verdicts_file.is_file():
-        for line in verdicts_file.read_text(encoding="utf-8").splitlines():
+        for line in filter(str.strip, verdicts_file.read_text(encoding="utf-8").split("\n")):  # JSONL: "\n" only
             record = json.loads(line)
             by_line[record.pop("row")] = record
     for row in rows:

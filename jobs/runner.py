@@ -200,7 +200,8 @@ class JobRun:
     def _check_data(self, file_id: str, rows: int) -> str | None:
         """Why the file cannot be trained on (each of its rejected rows, named), or None."""
         data = self.workspace / "artifacts" / "data"
-        rejects = [json.loads(line) for line in (data / "rejects.jsonl").read_text().splitlines() if line.strip()]
+        rejects = [json.loads(line) for line in (data / "rejects.jsonl").read_text(encoding="utf-8").split("\n")
+                   if line.strip()]  # "\n" only: a user's rejected line may hold U+2028, which splitlines() splits at
         rejects = [r for r in rejects if Path(r["file"]).name.startswith(file_id + ".")]
         if rejects:
             limit = self.service.settings.max_errors_reported

@@ -141,8 +141,9 @@ def opponents(cfg, label: str, baseline: str, results: dict, out: Path) -> dict:
         if label == baseline:
             found[suite.name] = "self"
         elif (entry := results[baseline]["suites"].get(suite.name, {})).get("status") == "ok":
-            rows = (out / baseline / entry["samples_file"]).read_text(encoding="utf-8").splitlines()
-            found[suite.name] = {row["line"]: row["response"] for row in map(json.loads, rows)}
+            # split at "\n" only: JSONL's delimiter; an answer may hold U+2028, which splitlines() also splits at
+            rows = (out / baseline / entry["samples_file"]).read_text(encoding="utf-8").split("\n")
+            found[suite.name] = {row["line"]: row["response"] for row in map(json.loads, filter(str.strip, rows))}
     return found
 
 

@@ -131,3 +131,15 @@ def test_pairwise_against_the_baseline_uses_its_answers_and_the_baseline_itself_
     # Without the baseline's answers (e.g. `--endpoint`), the suite is not run, and says why.
     alone = run_suites(tiny_model_dir, [suite], mirror_dir=tmp_path, skills_file=None, out_dir=tmp_path / "alone")
     assert alone["suites"]["helpful"]["status"] == "not_run" and "baseline" in alone["suites"]["helpful"]["reason"]
+
+
+def test_a_judges_reply_holding_a_unicode_line_separator_stays_with_its_answer(tmp_path):
+    """The verdicts file is JSONL, split at "\\n" only: a reply quoting U+2028 (JSON keeps it raw) is one record."""
+    from eval.records import attach_verdicts
+
+    path = tmp_path / "verdicts.jsonl"
+    path.write_text(json.dumps({"row": 1, "reply": "PASS\u2028because"}, ensure_ascii=False) + "\n"
+                    + json.dumps({"row": 2, "reply": "FAIL"}) + "\n", encoding="utf-8")
+    rows = [{"line": 1}, {"line": 2}]
+    attach_verdicts(rows, path)
+    assert rows[0]["judge"]["reply"] == "PASS\u2028because" and rows[1]["judge"]["reply"] == "FAIL"
