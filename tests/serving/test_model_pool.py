@@ -79,6 +79,17 @@ def test_failed_gone_removed_and_refused_models(tiny_model_dir, tmp_path):
             await loading
         assert not state.models.loaded
 
+        full = _state(tiny_model_dir, max_full_models=1, max_queue=1)
+        full.models.add("a", tiny_model_dir)
+        loading = asyncio.create_task(full.target("a"))
+        await asyncio.sleep(0)  # its wait for the load holds the one place of the queue
+        with pytest.raises(APIError, match="at capacity") as caught:
+            await full.target("a")
+        assert caught.value.status_code == 503
+        await loading
+        assert full.queue.in_use == 0  # the place is given back once loaded; admit() takes its own
+        full.models.close()
+
         off = _state(tiny_model_dir, max_full_models=0)
         off.models.add("x", tiny_model_dir)
         with pytest.raises(APIError, match=r"serves no whole models \(serve.max_full_models is 0\)"):
