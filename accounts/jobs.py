@@ -143,7 +143,8 @@ def list_object(data: list[dict]) -> dict[str, Any]:
 # ---------------------------------------------------------------- API objects
 
 def job_object(job: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAI `fine_tuning.job` object (plus `registered_model`: where the result lives in MLflow)."""
+    """The OpenAI `fine_tuning.job` object (plus Together's `training_type` and `registered_model`: where the result
+    lives in MLflow)."""
     spec = json.loads(job["spec"])
     auto = lambda key: spec.get(key) if spec.get(key) is not None else "auto"  # noqa: E731
     hyper = {"batch_size": auto("batch_size"), "learning_rate_multiplier": auto("learning_rate_multiplier"),
@@ -161,6 +162,10 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "estimated_finish": None, "integrations": [], "user_provided_suffix": job["suffix"],
         "metadata": json.loads(job["metadata"]) if job["metadata"] else None,
         "method": {"type": spec["method"], spec["method"]: {"hyperparameters": method_hyper}},
+        # Together's: what was trained ("auto": the base recipe's value)
+        "training_type": {"type": "Full"} if spec.get("full") else {
+            "type": "Lora", "lora_r": auto("lora_r"), "lora_alpha": auto("lora_alpha"),
+            "lora_dropout": auto("lora_dropout"), "lora_trainable_modules": auto("target_modules")},
         "registered_model": json.loads(job["registered"]) if job["registered"] else None,
     }
 

@@ -251,6 +251,8 @@ def test_jobs_train_serve_bill_and_survive_a_restart(tiny_model_dir, tmp_path, k
         assert whole.status == "succeeded", whole.error
         ran = json.loads((state_dir / "jobs" / full.id / "artifacts" / "sft" / "manifest.json").read_text())
         assert ran["settings"]["method"] == "full" and "adapter_dir" not in ran["outputs"]  # no adapter: all weights
+        assert whole.model_extra["training_type"] == {"type": "Full"}
+        assert done.model_extra["training_type"]["type"] == "Lora"
         full_model, full_step = whole.fine_tuned_model, f"{whole.fine_tuned_model}:ckpt-step-1"
         cards = {m.id: m for m in client.models.list().data}
         assert full_model in cards and full_step in cards and cards[full_model].model_extra["parent"] == MODEL_NAME
