@@ -5,7 +5,7 @@ powered to see a 10-point drop, retention bounded), promotes it, and `lathe serv
 `openai` client with it; the same chain trained the old way (no replay) is refused for forgetting.
 The chain's mechanics (DVC commands, reruns, runs, registry) are tests/test_chain.py's, on the tiny model.
 
-    make check-demo      (~25 minutes on 2 cores: the demo, then the old-way candidate)
+    make check-demo      (~21 minutes on 2 cores: the demo, then the old-way candidate)
 """
 
 from __future__ import annotations
