@@ -42,12 +42,6 @@ def get_file(store: Store, file_id: str, owner: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def file_size(store: Store, file_id: str) -> int:
-    """The file's size in bytes (0 when it is gone)."""
-    row = store.row("SELECT bytes FROM files WHERE id = ?", (file_id,))
-    return int(row["bytes"]) if row else 0
-
-
 def file_content(store: Store, file_id: str, owner: str) -> bytes | None:
     row = store.row("SELECT content FROM files WHERE id = ? AND owner = ?", (file_id, owner))
     return bytes(row["content"]) if row else None

@@ -181,7 +181,6 @@ def job_spec(body: CreateJob) -> dict[str, Any]:
         raise invalid_request(f"lora: {str(body.lora).lower()} contradicts training_type.type: "
                               f"{body.training_type.type}; give it once.", "lora")
     put("full", None if body.lora is None else not body.lora, "lora")
-    spec["full_param"] = sources.get("full")
     lora_set = [key for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules") if spec[key] is not None]
     if spec["full"] and lora_set:
         raise invalid_request(f"{sources[lora_set[0]]} applies to LoRA training; this job is Full "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from accounts.files import file_size
+from accounts.files import get_file
 from accounts.jobs import add_event, get_job, sync_checkpoints, update_job
 from jobs import progress, workspace
 from recipes.events import EventReader
@@ -161,7 +161,7 @@ class JobRun:
         if job["validation_file"]:
             params["validation_file"] = job["validation_file"]
         for param, file_id in params.items():
-            size = await self.service.db(file_size, file_id)
+            size = (await self.service.db(get_file, file_id, job["owner"]) or {}).get("bytes", 0)
             if size > settings.max_file_bytes:
                 return await self.fail("invalid_file", f"File {file_id} is {size} bytes; fine-tuning files may have at "
                                                  f"most {settings.max_file_bytes} bytes.", param)

@@ -80,7 +80,7 @@ class FineTuningService:
         if spec["full"] and server.max_full_models == 0:
             raise invalid_request("Full fine-tuning is off on this server: it keeps no whole model beside the base "
                                   "(serve.max_full_models is 0). Use LoRA, or ask for a server that allows it.",
-                                  spec["full_param"])
+                                  "training_type.type" if body.training_type is not None else "lora")
         if spec.get("from_checkpoint"):
             spec["init_adapter"] = await asyncio.to_thread(self._checkpoint_adapter, spec["from_checkpoint"], owner)
         files = {"training_file": await asyncio.to_thread(self._fine_tune_file, body.training_file, owner,

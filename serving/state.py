@@ -87,8 +87,6 @@ class ServerState:
         if self.draining:
             raise shutting_down()
         if requested is not None and requested in self.models:
-            if requested in self.models.loaded:
-                return await self.models.get(requested), None
             with self.queue.acquire():  # a call waiting for a load holds a place: max_queue bounds the waiters too
                 return await self.models.get(requested), None
         return self.served, self.adapter_for(requested)
